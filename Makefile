@@ -1,0 +1,37 @@
+# The README's two commands are `make demo` and `make test`; each builds its own virtual environment.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-local-dev
+
+.PHONY: demo test test-fast lint bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, then torchaudio against it: the order verified to resolve on CPU machines
+	$(BIN)/pip install --quiet torch==2.9.1 torchvision==0.24.1
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m wrapper.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e"
+
+lint: $(STAMP)
+	$(BIN)/ruff check wrapper tests bench
+	$(BIN)/ruff format --check wrapper
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

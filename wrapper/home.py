@@ -1,0 +1,56 @@
+"""Where lfwrap reads and writes.
+
+All state lfwrap writes lives under one home folder: $LFWRAP_HOME, default ~/.lfwrap.
+The bundled templates and datasets are read-only defaults; files of the same name under the home
+folder extend or override them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def home() -> Path:
+    """The home folder (created on first use)."""
+    root = Path(os.environ.get("LFWRAP_HOME") or Path.home() / ".lfwrap").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _bundled(name: str) -> Path:
+    # Installed wheel: wrapper/_bundled/<name>; source checkout or editable install: <root>/<name>.
+    packaged = _PACKAGE_DIR / "_bundled" / name
+    return packaged if packaged.is_dir() else _PACKAGE_DIR.parent / name
+
+
+def bundled_templates_dir() -> Path:
+    return _bundled("templates")
+
+
+def bundled_datasets_dir() -> Path:
+    return _bundled("datasets")
+
+
+def _sub(name: str) -> Path:
+    path = home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def user_templates_dir() -> Path:
+    return _sub("templates")
+
+
+def user_datasets_dir() -> Path:
+    return _sub("datasets")
+
+
+def runs_dir() -> Path:
+    return _sub("runs")
+
+
+def models_dir() -> Path:
+    return _sub("models")

@@ -1,0 +1,200 @@
+"""The dataset registry: bundled datasets plus the user's, rendered into one dataset_info.json.
+
+    datasets/registry.yaml                 bundled entries (read-only, files next to it)
+    $LFWRAP_HOME/datasets/registry.yaml    entries added by `lfwrap data add` / `data identity`
+    $LFWRAP_HOME/datasets/dataset_info.json
+        rendered from both (templates/dataset_info.json.j2): bundled files by absolute path, user
+        files relative to that folder; user entries win on a name clash; entries someone added by
+        hand (or through the web UI) are kept. Written atomically.
+
+`prepare_dataset_dir()` is what a launcher passes to LLaMA-Factory as dataset_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+
+from wrapper import home
+from wrapper.datasets.info import Columns, Tags, check_entries, did_you_mean, read_dataset_info
+from wrapper.errors import DatasetError, Problem, UsageError
+
+INFO_FILE = "dataset_info.json"
+REGISTRY_FILE = "registry.yaml"
+TEMPLATE_FILE = "dataset_info.json.j2"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RegistryEntry(BaseModel):
+    """One dataset in a registry.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: StrictStr
+    formatting: Literal["alpaca", "sharegpt", "openai"] = "alpaca"
+    ranking: StrictBool = False
+    columns: Columns | None = None
+    tags: Tags | None = None
+    description: StrictStr = ""
+    rows: StrictInt | None = None
+
+
+def check_name(name: str) -> str:
+    """A dataset name that is a safe file stem: letters, digits, '_', '-', '.'; no '..'."""
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise UsageError(
+            f"Dataset name {name!r} is not allowed; use letters, digits, '_', '-' or '.' "
+            "(at most 64, starting with a letter or digit), e.g. my_qa."
+        )
+    return name
+
+
+def load_registry(path: Path) -> dict[str, RegistryEntry]:
+    """Read a registry.yaml (missing file: empty registry)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{path} is not valid YAML ({exc}); fix or delete it.") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} must map dataset names to entries; fix or delete it.")
+    entries: dict[str, RegistryEntry] = {}
+    problems: list[Problem] = []
+    for name, raw in data.items():
+        try:
+            entries[str(name)] = RegistryEntry.model_validate(raw)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = ".".join(str(part) for part in error["loc"])
+                hint = ""
+                if error["type"] == "extra_forbidden":
+                    hint = did_you_mean(str(error["loc"][-1]), tuple(RegistryEntry.model_fields))
+                problems.append(Problem(f"dataset '{name}', key '{loc}': {error['msg']}{hint}", str(path)))
+    if problems:
+        raise DatasetError(f"{path} has {len(problems)} problem(s); fix or delete it.", problems)
+    return entries
+
+
+def bundled_registry() -> dict[str, RegistryEntry]:
+    return load_registry(home.bundled_datasets_dir() / REGISTRY_FILE)
+
+
+def user_registry() -> dict[str, RegistryEntry]:
+    return load_registry(home.user_datasets_dir() / REGISTRY_FILE)
+
+
+def info_entry(entry: RegistryEntry, file_name: str) -> dict[str, Any]:
+    """The dataset_info.json entry LLaMA-Factory reads for a registry entry."""
+    out: dict[str, Any] = {"file_name": file_name, "formatting": entry.formatting}
+    if entry.ranking:
+        out["ranking"] = True
+    if entry.columns is not None:
+        out["columns"] = entry.columns.model_dump(exclude_none=True)
+    if entry.tags is not None:
+        out["tags"] = entry.tags.model_dump(exclude_none=True)
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temp file in the same folder and os.replace."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _template_path() -> Path:
+    user = home.user_templates_dir() / TEMPLATE_FILE
+    return user if user.is_file() else home.bundled_templates_dir() / TEMPLATE_FILE
+
+
+def render_dataset_info(entries: dict[str, dict[str, Any]]) -> str:
+    """Render dataset_info.json text; every value goes through a JSON filter, never pasted raw."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+    template = env.from_string(_template_path().read_text(encoding="utf-8"))
+    text = template.render(entries=entries)
+    if json.loads(text) != entries:  # the template must not add, drop or change anything
+        raise DatasetError(f"{_template_path()} rendered a different dataset_info.json; fix the template.")
+    return text
+
+
+def merged_entries() -> dict[str, dict[str, Any]]:
+    """Bundled + kept hand-added + user-registered entries, in that order of precedence (last wins)."""
+    bundled_dir = home.bundled_datasets_dir()
+    info_path = home.user_datasets_dir() / INFO_FILE
+    bundled = bundled_registry()
+    entries = {name: info_entry(entry, str(bundled_dir / entry.file)) for name, entry in bundled.items()}
+    if info_path.is_file():
+        for name, entry in read_dataset_info(info_path).items():
+            if name not in bundled:
+                entries[name] = entry
+    for name, user_entry in user_registry().items():
+        entries[name] = info_entry(user_entry, user_entry.file)
+    return entries
+
+
+def prepare_dataset_dir() -> Path:
+    """$LFWRAP_HOME/datasets with an up-to-date dataset_info.json; returns that folder."""
+    folder = home.user_datasets_dir()
+    entries = merged_entries()
+    problems = check_entries(entries, file=str(folder / INFO_FILE))
+    if problems:
+        message = f"The dataset registry under {folder} is inconsistent; fix the entries below."
+        raise DatasetError(message, problems)
+    text = render_dataset_info(entries)
+    info_path = folder / INFO_FILE
+    if not info_path.is_file() or info_path.read_text(encoding="utf-8") != text:
+        write_atomic(info_path, text)
+    return folder
+
+
+def register(name: str, entry: RegistryEntry) -> Path:
+    """Add or replace a user dataset in $LFWRAP_HOME/datasets/registry.yaml; returns the dataset dir."""
+    check_name(name)
+    folder = home.user_datasets_dir()
+    target = (folder / entry.file).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise UsageError(f"Dataset file {entry.file!r} is outside {folder}; datasets must live inside it.")
+    current = {key: value.model_dump(exclude_none=True, exclude_defaults=True) | {"file": value.file}
+               for key, value in user_registry().items()}
+    current[name] = entry.model_dump(exclude_none=True, exclude_defaults=True) | {"file": entry.file}
+    header = "# Added by `lfwrap data add` / `lfwrap data identity`; rendered into dataset_info.json.\n"
+    write_atomic(folder / REGISTRY_FILE, header + yaml.safe_dump(current, allow_unicode=True, sort_keys=True))
+    return prepare_dataset_dir()
+
+
+def dataset_files(dataset_dir: Path, names: list[str]) -> list[Path]:
+    """The data files the named datasets use (a folder entry yields every file in it)."""
+    info = read_dataset_info(dataset_dir / INFO_FILE)
+    files: list[Path] = []
+    for name in names:
+        if name not in info:
+            raise DatasetError(
+                f"Dataset '{name}' is not in {dataset_dir / INFO_FILE}{did_you_mean(name, list(info))}; "
+                "register it with `lfwrap data add`."
+            )
+        file_name = info[name].get("file_name")
+        if not file_name:
+            continue  # a hub or script dataset: no local file
+        path = dataset_dir / file_name  # an absolute file_name replaces dataset_dir, as in os.path.join
+        if path.is_dir():
+            files.extend(sorted(child for child in path.iterdir() if child.is_file()))
+        else:
+            files.append(path)
+    return files

@@ -35,3 +35,4 @@ def run_lfwrap(*args: str, env: dict[str, str] | None = None, check: bool = Fals
 @pytest.fixture
 def lfwrap():
     return run_lfwrap
+from fixtures_models import *  # noqa: F401,F403

@@ -1,0 +1,417 @@
+"""Run LLaMA-Factory inside the hiyouga/llamafactory container through the Docker SDK.
+
+The launcher decides what to run (command, environment, which folders the container sees); this
+module turns that into one create-container request, starts it, streams its logs, waits for it and
+removes it afterwards. `container_spec` returns the exact JSON body sent to the Engine API, so
+`--dry-run` can show it and tests can compare it with what the engine received.
+
+Safety rules built in: never privileged; only folders under $LFWRAP_HOME (datasets, runs, models),
+the bundled datasets and the Hugging Face cache may be mounted; the datasets and models are
+mounted read-only, the run directory and the cache read-write; HF_ENDPOINT and HF_TOKEN are
+passed through only when they are set on the host.
+
+The `env` given to `container_spec`/`start_container` is what the container gets on top of the
+image's own environment: pass only lfwrap's variables (e.g. from `distributed.apply`), never a copy
+of the host's os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from wrapper.errors import LaunchError
+from wrapper.home import bundled_datasets_dir, home
+
+if TYPE_CHECKING:
+    import docker
+
+DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
+CONTAINER_RUN_DIR = "/app/run"
+CONTAINER_DATA_DIR = "/app/data"
+CONTAINER_MODELS_DIR = "/app/models"
+CONTAINER_HF_HOME = "/root/.cache/huggingface"
+RUN_LABEL = "lfwrap.run"
+PASSTHROUGH_ENV = ("HF_ENDPOINT", "HF_TOKEN")
+SECRET_ENV = ("HF_TOKEN",)
+_GPU_DRIVER_HINTS = ('could not select device driver "nvidia"', "nvidia-container-cli", "unknown runtime")
+
+Gpus = Literal["all"] | list[str] | None
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host folder or file the container sees at `target`."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass
+class DockerOptions:
+    """How to run the container. `gpus`: "all", a list of device ids (["0", "1"]) or None for CPU."""
+
+    image: str = DEFAULT_IMAGE
+    gpus: Gpus = "all"
+    hf_cache: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[int, int] = field(default_factory=dict)  # container port -> host port
+    bind_address: str = "127.0.0.1"
+    network: str | None = None  # e.g. "host" for multi-node torchrun
+    user: str | None = None  # e.g. "1000:1000"; None keeps the image's user (root)
+    base_url: str | None = None  # None: DOCKER_HOST, else the default socket
+    pull: bool = True  # pull the image when it is absent
+
+
+def default_hf_cache() -> Path:
+    """The host's Hugging Face home ($HF_HOME, default ~/.cache/huggingface)."""
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+
+
+def engine_url(options: DockerOptions) -> str:
+    return options.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def run_label(run_dir: Path) -> str:
+    return run_dir.name
+
+
+def container_name(run_dir: Path) -> str:
+    return "lfwrap-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", run_dir.name)
+
+
+def container_path(host_path: Path | str, mounts: Iterable[Mount]) -> str:
+    """Where `host_path` appears inside the container, given the mounts; LaunchError if nowhere."""
+    resolved = Path(host_path).expanduser().resolve()
+    for mount in mounts:
+        source = mount.source.expanduser().resolve()
+        if resolved == source:
+            return mount.target
+        if resolved.is_relative_to(source):
+            return f"{mount.target.rstrip('/')}/{resolved.relative_to(source).as_posix()}"
+    raise LaunchError(
+        f"{host_path} is not visible inside the container; put it under $LFWRAP_HOME "
+        f"(runs, datasets or models) or use a Hugging Face model name."
+    )
+
+
+def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
+    roots = [home(), bundled_datasets_dir(), run_dir]
+    if options.hf_cache is not None:
+        roots.append(options.hf_cache)
+    return [root.expanduser().resolve() for root in roots]
+
+
+def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) -> None:
+    roots = _allowed_roots(options, run_dir)
+    targets: set[str] = set()
+    for mount in mounts:
+        source = mount.source.expanduser().resolve()
+        if not any(source == root or source.is_relative_to(root) for root in roots):
+            raise LaunchError(
+                f"Refusing to mount {mount.source} into the container: only lfwrap's folders under "
+                f"$LFWRAP_HOME ({home()}), the bundled datasets and the Hugging Face cache may be mounted; "
+                f"move the files under $LFWRAP_HOME."
+            )
+        if not source.exists():
+            raise LaunchError(f"Cannot mount {mount.source} into the container: it does not exist.")
+        if not mount.target.startswith("/"):
+            raise LaunchError(f"Mount target {mount.target!r} must be an absolute path inside the container.")
+        if mount.target in targets:
+            raise LaunchError(
+                f"Two mounts target {mount.target} inside the container; give each its own path."
+            )
+        targets.add(mount.target)
+
+
+def _device_requests(gpus: Gpus) -> list[dict[str, Any]]:
+    from docker.types import DeviceRequest
+
+    if gpus is None:
+        return []
+    if gpus == "all":
+        return [DeviceRequest(driver="nvidia", count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(driver="nvidia", device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
+
+
+def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
+    merged: dict[str, str] = {"HF_HOME": CONTAINER_HF_HOME} if options.hf_cache is not None else {}
+    for name in PASSTHROUGH_ENV:
+        value = os.environ.get(name)
+        if value:
+            merged[name] = value
+    merged.update(options.env)
+    merged.update(env)
+    return [f"{key}={value}" for key, value in merged.items()]
+
+
+def effective_mounts(*, run_dir: Path, options: DockerOptions, mounts: list[Mount]) -> list[Mount]:
+    """`mounts` plus the run directory (read-write, /app/run) and the Hugging Face cache when set."""
+    result = [
+        Mount(m.source.expanduser(), m.target, m.read_only) for m in mounts if m.target != CONTAINER_RUN_DIR
+    ]
+    result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
+    if options.hf_cache is not None:
+        result.append(Mount(options.hf_cache.expanduser(), CONTAINER_HF_HOME, read_only=False))
+    return result
+
+
+def container_spec(
+    *,
+    run_dir: Path,
+    command: list[str],
+    options: DockerOptions,
+    env: Mapping[str, str],
+    mounts: list[Mount],
+) -> dict[str, Any]:
+    """The exact body of the Engine API's POST /containers/create for this run.
+
+    The run directory is always mounted read-write at /app/run (the working directory); the
+    Hugging Face cache, when `options.hf_cache` is set, read-write at /root/.cache/huggingface.
+    """
+    from docker.types import Mount as DockerMount
+
+    all_mounts = effective_mounts(run_dir=run_dir, options=options, mounts=mounts)
+    _check_mounts(all_mounts, options, run_dir)
+
+    host_config: dict[str, Any] = {
+        "IpcMode": "host",
+        "Privileged": False,
+        "AutoRemove": False,
+        "Mounts": [
+            dict(DockerMount(m.target, str(m.source.resolve()), type="bind", read_only=m.read_only))
+            for m in all_mounts
+        ],
+    }
+    device_requests = _device_requests(options.gpus)
+    if device_requests:
+        host_config["DeviceRequests"] = [dict(request) for request in device_requests]
+    if options.network:
+        host_config["NetworkMode"] = options.network
+    spec: dict[str, Any] = {
+        "Image": options.image,
+        "Cmd": list(command),
+        "Env": _env_list(options, env),
+        "Labels": {RUN_LABEL: run_label(run_dir)},
+        "WorkingDir": CONTAINER_RUN_DIR,
+        "Tty": False,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "HostConfig": host_config,
+    }
+    if options.ports:
+        spec["ExposedPorts"] = {f"{port}/tcp": {} for port in options.ports}
+        host_config["PortBindings"] = {
+            f"{port}/tcp": [{"HostIp": options.bind_address, "HostPort": str(host_port)}]
+            for port, host_port in options.ports.items()
+        }
+    if options.user:
+        spec["User"] = options.user
+    return spec
+
+
+def redact_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `spec` fit for printing: secret environment values replaced by ***."""
+    env = [
+        f"{item.split('=', 1)[0]}=***" if item.split("=", 1)[0] in SECRET_ENV else item
+        for item in spec.get("Env", [])
+    ]
+    return {**spec, "Env": env}
+
+
+def _engine_message(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip()
+
+
+def connect(options: DockerOptions) -> docker.DockerClient:
+    """A client for the engine (DOCKER_HOST honoured); LaunchError if it does not answer."""
+    import docker
+
+    url = engine_url(options)
+    try:
+        if options.base_url:
+            client = docker.DockerClient(base_url=options.base_url, version="auto")
+        else:
+            client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise LaunchError(
+            f"Docker engine not reachable at {url}; start Docker or set DOCKER_HOST, or use --backend local."
+        ) from exc
+    return client
+
+
+def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
+    """Make sure the image is on the engine, pulling it once when absent and allowed."""
+    import docker
+    from docker.utils import parse_repository_tag
+
+    try:
+        client.api.inspect_image(options.image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        raise LaunchError(f"Docker could not inspect image {options.image}: {_engine_message(exc)}.") from exc
+    if not options.pull:
+        raise LaunchError(
+            f"Docker image {options.image} is not on this machine; run `docker pull {options.image}`."
+        )
+    repository, tag = parse_repository_tag(options.image)
+    reason = ""
+    try:
+        for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if isinstance(event, dict) and event.get("error"):
+                reason = str(event["error"])
+        client.api.inspect_image(options.image)
+        return
+    except docker.errors.APIError as exc:
+        reason = reason or _engine_message(exc)
+    raise LaunchError(
+        f"Docker image {options.image} is absent and pulling it failed ({reason}); check the name and "
+        f"your network or registry login, or choose another with --image."
+    )
+
+
+class DockerHandle:
+    """A created and started container; remove() it when done (run() does all of it)."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str, name: str):
+        self.client = client
+        self.id = container_id
+        self.name = name
+
+    def wait(self) -> int:
+        """Block until the container exits; its exit code."""
+        import docker
+
+        try:
+            result = self.client.api.wait(self.id, timeout=None)
+        except docker.errors.DockerException as exc:
+            raise LaunchError(
+                f"Lost the container {self.name} while waiting for it: {_engine_message(exc)}."
+            ) from exc
+        return int(result.get("StatusCode", -1))
+
+    def stream_logs(self, sink: Callable[[bytes], None]) -> None:
+        """Pass stdout and stderr chunks to `sink` until the container ends."""
+        import docker
+
+        try:
+            for chunk in self.client.api.logs(self.id, stdout=True, stderr=True, stream=True, follow=True):
+                sink(chunk)
+        except docker.errors.NotFound:
+            return
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after `timeout` seconds)."""
+        import docker
+
+        try:
+            self.client.api.stop(self.id, timeout=int(timeout))
+        except docker.errors.NotFound:
+            return
+
+    def remove(self) -> None:
+        """Remove the container (idempotent)."""
+        import docker
+
+        try:
+            self.client.api.remove_container(self.id, force=True)
+        except docker.errors.NotFound:
+            return
+
+    def run(self, sink: Callable[[bytes], None], stop_timeout: float = 10) -> int:
+        """Stream logs to `sink`, wait, and always remove the container; Ctrl-C stops it first."""
+        reader = threading.Thread(target=self.stream_logs, args=(sink,), daemon=True)
+        reader.start()
+        try:
+            code = self.wait()
+            reader.join(timeout=30)
+            return code
+        except BaseException:
+            self.stop(stop_timeout)
+            raise
+        finally:
+            self.remove()
+
+
+def start_container(
+    *,
+    run_dir: Path,
+    command: list[str],
+    options: DockerOptions,
+    env: dict[str, str],
+    mounts: list[Mount],
+) -> DockerHandle:
+    """Create and start the container for this run; LaunchError with one sentence on any failure."""
+    import docker
+
+    spec = container_spec(run_dir=run_dir, command=command, options=options, env=env, mounts=mounts)
+    client = connect(options)
+    ensure_image(client, options)
+    name = container_name(run_dir)
+    try:
+        created = client.api.create_container_from_config(spec, name=name)
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise LaunchError(
+                f"A container named {name} already exists; remove it with `docker rm -f {name}` and retry."
+            ) from exc
+        raise LaunchError(f"Docker could not create the container: {_engine_message(exc)}.") from exc
+    handle = DockerHandle(client, created["Id"], name)
+    try:
+        client.api.start(handle.id)
+    except docker.errors.APIError as exc:
+        handle.remove()
+        message = _engine_message(exc)
+        if any(hint in message for hint in _GPU_DRIVER_HINTS):
+            raise LaunchError(
+                f"Docker has no GPU runtime ({message}); install the NVIDIA Container Toolkit, "
+                f"or run on the CPU with --gpus none."
+            ) from exc
+        raise LaunchError(f"Docker could not start the container: {message}.") from exc
+    return handle
+
+
+def standard_mounts(dataset_dir: Path, model_dir: Path | None = None) -> list[Mount]:
+    """The usual read-only mounts: the datasets folder at /app/data and a local model at /app/models."""
+    mounts = [Mount(dataset_dir, CONTAINER_DATA_DIR, read_only=True)]
+    if model_dir is not None:
+        mounts.append(Mount(model_dir, f"{CONTAINER_MODELS_DIR}/{model_dir.name}", read_only=True))
+    return mounts
+
+
+CONFIG_PATH_KEYS = (
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "output_dir",
+    "dataset_dir",
+    "deepspeed",
+    "export_dir",
+    "resume_from_checkpoint",
+    "logging_dir",
+    "tokenized_path",
+)
+
+
+def container_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
+    """A copy of a LLaMA-Factory config whose absolute host paths point inside the container."""
+    mount_list = list(mounts)
+    result = dict(config)
+    for key in CONFIG_PATH_KEYS:
+        value = result.get(key)
+        if not isinstance(value, str):
+            continue
+        parts = [part.strip() for part in value.split(",")] if key == "adapter_name_or_path" else [value]
+        if not all(part.startswith("/") for part in parts):
+            continue
+        result[key] = ",".join(container_path(part, mount_list) for part in parts)
+    return result

@@ -1,0 +1,54 @@
+"""`lfwrap render`: render a template to a validated LLaMA-Factory YAML."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from wrapper.errors import UsageError
+
+HELP = """Render a template to a LLaMA-Factory YAML, validated against LLaMA-Factory's schema.
+
+--set KEY=VALUE (repeatable) sets a template variable or adds any LLaMA-Factory key; values are
+typed by the schema (int, float, bool, null, comma lists). Warnings go to stderr; any error
+exits with status 1 and writes nothing.
+
+\b
+Examples:
+  $ lfwrap render --template sft_lora
+  $ lfwrap render --template sft_lora --set lora_rank=16 --set learning_rate=5e-5 -o sft.yaml
+  $ lfwrap render --template dpo_lora --set pref_beta=0.2 --set pref_loss=ipo
+  $ lfwrap render --template infer --set adapter_name_or_path=saves/sft_lora
+"""
+
+
+@click.command("render", help=HELP)
+@click.option(
+    "--template", "-t", "template", required=True, metavar="NAME",
+    help="Template name (see `lfwrap templates`).",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    help="Set a variable or LLaMA-Factory key (repeatable).",
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write the YAML to this file instead of printing it.",
+)
+def render(template: str, sets: tuple[str, ...], output: Path | None) -> None:
+    from wrapper.render import render_template
+
+    rendered = render_template(template, sets)
+    for problem in rendered.problems:
+        click.echo(f"  {problem}", err=True)
+    if output is None:
+        click.echo(rendered.text, nl=False)
+        return
+    if not output.parent.is_dir():
+        raise UsageError(f"Cannot write {output}: folder {output.parent} does not exist; create it first.")
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp.write_text(rendered.text, encoding="utf-8")
+    os.replace(tmp, output)
+    click.echo(f"Wrote {output}", err=True)

@@ -1,0 +1,354 @@
+"""Check a LLaMA-Factory YAML config against the schema snapshot, before anything is launched.
+
+Every finding is a wrapper.errors.Problem with file and line; all are collected, none stops the others.
+Errors are what LLaMA-Factory would refuse or fail on (later, after ~11 s of imports, or deep into
+training); warnings are advisories (a chat template that differs from the model's own, ...).
+
+The YAML is read the way LLaMA-Factory reads it (OmegaConf: `5e-3` is a float, dates stay strings),
+but safely: no Python tags, duplicate keys reported instead of silently keeping the last one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wrapper.errors import DatasetError, Problem
+from wrapper.schema import Schema, load_schema
+
+# Stages whose data LLaMA-Factory loads as preference pairs: dpo and rm call get_dataset(stage="rm"),
+# which refuses a dataset without `ranking: true` (llamafactory/data/loader.py _get_merged_dataset).
+PAIRWISE_STAGES = ("dpo", "rm")
+# Keys LLaMA-Factory passes through split_arg(), so a YAML list works as well as a comma-separated string.
+COMMA_LIST_KEYS = frozenset({
+    "additional_target", "apollo_target", "dataset", "eval_dataset", "freeze_extra_modules",
+    "freeze_trainable_modules", "galore_target", "interleave_probs", "lora_target", "oft_target",
+})
+TRAIN_REQUIRED = ("stage", "model_name_or_path", "output_dir", "finetuning_type")
+DEFAULT_DATASET_DIR = "data"  # DataArguments.dataset_dir's default, relative to where LLaMA-Factory runs
+ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader resolving scalars like OmegaConf does (what `llamafactory-cli train` uses)."""
+
+
+# OmegaConf's float pattern: also `1e-5` (YAML 1.1 wants a dot), which a plain safe_load reads as a string.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
+        |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9]+(?:_[0-9]+)*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "binary", "omap", "pairs")
+)
+
+
+@dataclass
+class ParsedYaml:
+    data: Any  # the document (a dict when the file is usable), None when it could not be read
+    lines: dict[str, int] = field(default_factory=dict)  # top-level key -> 1-based line
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _walk(node: yaml.Node, file: str, seen: set[int], problems: list[Problem]) -> bool:
+    """Report refused tags and duplicate keys under `node`; True when the subtree is safe to construct."""
+    if id(node) in seen:
+        return True
+    seen.add(id(node))
+    safe = True
+    if node.tag not in _SAFE_TAGS:
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        problems.append(Problem(
+            f"YAML tag `{tag}` refused: a config holds plain values only; remove the tag", file, _line(node)))
+        safe = False
+    if isinstance(node, yaml.MappingNode):
+        first_at: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                key = key_node.value
+                if key in first_at:
+                    problems.append(Problem(
+                        f"duplicate key `{key}` (first at line {first_at[key]}); LLaMA-Factory would use "
+                        "only the last value, keep one",
+                        file, _line(key_node)))
+                else:
+                    first_at[key] = _line(key_node)
+            safe = _walk(key_node, file, seen, problems) and safe
+            safe = _walk(value_node, file, seen, problems) and safe
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            safe = _walk(item, file, seen, problems) and safe
+    return safe
+
+
+def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
+    """Parse a config safely: syntax errors with their line, refused tags, duplicate keys, key lines."""
+    loader = _Loader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark else None
+            what = exc.problem or exc.context or "invalid YAML"
+            problem = Problem(f"YAML syntax error: {what}; fix the syntax", file, line)
+            return ParsedYaml(None, problems=[problem])
+        except yaml.YAMLError as exc:
+            return ParsedYaml(None, problems=[Problem(f"YAML syntax error: {exc}; fix the syntax", file, 1)])
+        if root is None:
+            return ParsedYaml(None, problems=[Problem(
+                "the file is empty; expected a mapping of LLaMA-Factory keys such as `stage: sft`", file, 1)])
+        if not isinstance(root, yaml.MappingNode):
+            kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+            return ParsedYaml(None, problems=[Problem(
+                f"the config must be a mapping of keys to values (`key: value` lines), not {kind}",
+                file, _line(root))])
+        problems: list[Problem] = []
+        data: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        seen: set[int] = set()
+        for key_node, value_node in root.value:
+            safe = _walk(key_node, file, seen, problems)
+            safe = _walk(value_node, file, seen, problems) and safe
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                problems.append(Problem(
+                    "only plain `key: value` entries are allowed at the top level", file, _line(key_node)))
+                continue
+            key = key_node.value
+            if key in lines:
+                problems.append(Problem(
+                    f"duplicate key `{key}` (first at line {lines[key]}); LLaMA-Factory would use only the "
+                    "last value, keep one", file, _line(key_node)))
+            lines[key] = _line(key_node)  # the last one: its value is the one used
+            if safe:
+                data[key] = loader.construct_object(value_node, deep=True)
+        return ParsedYaml(data, lines, problems)
+    finally:
+        loader.dispose()
+
+
+# --- the checks ----------------------------------------------------------------------------------------
+
+
+def config_kind(data: dict[str, Any]) -> str:
+    """"export" (export_* keys), "train" (a stage, dataset or training keys) or "infer" (api, chat)."""
+    if any(key.startswith("export_") for key in data):
+        return "export"
+    schema = load_schema()
+    training = any(
+        (spec := schema.field(key)) is not None and spec.group == "TrainingArguments" for key in data
+    )
+    if "stage" in data or "dataset" in data or training:
+        return "train"
+    return "infer"
+
+
+def _check_values(data: dict[str, Any], schema: Schema, at: _At) -> list[Problem]:
+    problems = []
+    for key, value in data.items():
+        spec = schema.field(key)
+        if spec is None:
+            problems.append(at.error(schema.unknown_key_message(key), key))
+            continue
+        if key in COMMA_LIST_KEYS and isinstance(value, list):
+            if all(isinstance(item, (str, int, float)) for item in value):
+                continue
+        problem = spec.check(value)
+        if problem:
+            problems.append(at.error(problem, key))
+    return problems
+
+
+def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
+    problems = []
+    anchor = "stage" if "stage" in data else None
+
+    def need(key: str, why: str) -> None:
+        if data.get(key) in (None, ""):
+            problems.append(at.error(f"missing `{key}`, required {why}", anchor))
+
+    if kind == "export":
+        need("model_name_or_path", "to export a model")
+        need("export_dir", "to export a model")
+        return problems
+    if kind == "infer":
+        need("model_name_or_path", "to serve or chat with a model (no `stage`: an inference config)")
+        need("template", "to serve or chat with a model: the chat template that formats the messages")
+        return problems
+    stage = data.get("stage")
+    for key in TRAIN_REQUIRED:
+        need(key, f"for training (stage {stage})" if stage else "for training")
+    only_eval = not data.get("do_train") and (data.get("do_eval") or data.get("do_predict"))
+    if only_eval:
+        if not data.get("dataset") and not data.get("eval_dataset"):
+            message = "missing `eval_dataset` (or `dataset`), required to evaluate or predict"
+            problems.append(at.error(message, anchor))
+    else:
+        need("dataset", f"for training (stage {stage})" if stage else "for training")
+    if stage == "ppo":
+        need("reward_model", "for stage ppo: the reward model (or adapter) that scores the samples")
+    if not data.get("do_train") and not only_eval:
+        problems.append(at.warning(
+            "`do_train` is not true, so LLaMA-Factory would load everything and not train; "
+            "add `do_train: true`",
+            anchor))
+    if "template" not in data:
+        problems.append(at.warning(
+            "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
+            "name the model's chat template", anchor))
+    return problems
+
+
+def _check_template(data: dict[str, Any], schema: Schema, at: _At) -> list[Problem]:
+    template = data.get("template")
+    if not isinstance(template, str):
+        return []
+    if template not in schema.templates:
+        guess = schema.suggest_template(template)
+        hint = f"; did you mean `{guess}`?" if guess else "; see LLaMA-Factory's template list"
+        return [at.error(f"unknown chat template `{template}`{hint}", "template")]
+    model = data.get("model_name_or_path")
+    known = schema.default_template(model) if isinstance(model, str) else None
+    if known and known != template:
+        return [at.warning(f"`{model}` is registered with chat template `{known}`, not `{template}`; a model "
+                           "trained or served with another template tends to ramble", "template")]
+    return []
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, list):
+        return [str(name).strip() for name in value if str(name).strip()]
+    return []
+
+
+def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> list[Problem]:
+    used = [(key, name) for key in ("dataset", "eval_dataset") for name in _names(data.get(key))]
+    raw_dir = data.get("dataset_dir", DEFAULT_DATASET_DIR)
+    if not used or not isinstance(raw_dir, str) or raw_dir == ONLINE:
+        return []
+    from wrapper.datasets.info import read_dataset_info  # pydantic: only when datasets are named
+
+    dataset_dir = Path(raw_dir).expanduser()
+    if not dataset_dir.is_absolute() and base_dir is not None:
+        dataset_dir = base_dir / dataset_dir
+    where = "dataset_dir" if "dataset_dir" in data else "dataset"
+    info_path = dataset_dir / "dataset_info.json"
+    if not info_path.is_file():
+        return [at.error(
+            f"no dataset_info.json in dataset_dir {dataset_dir}; point `dataset_dir` at the folder "
+            "holding it (relative paths are taken from the config's folder)", where)]
+    try:
+        info = read_dataset_info(info_path)
+    except DatasetError as exc:
+        return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
+    problems = []
+    stage = data.get("stage") if config_kind(data) == "train" else None
+    for key, name in used:
+        entry = info.get(name)
+        if entry is None:
+            guess = difflib.get_close_matches(name, list(info), n=1, cutoff=0.6)
+            known = ", ".join(sorted(info)) or "none"
+            hint = f"; did you mean `{guess[0]}`?" if guess else f"; it has: {known}"
+            problems.append(at.error(f"dataset `{name}` is not in {info_path}{hint}", key))
+            continue
+        ranking = bool(entry.get("ranking", False))
+        has_kto_tag = bool((entry.get("columns") or {}).get("kto_tag"))
+        if stage in PAIRWISE_STAGES and not ranking:
+            problems.append(at.error(
+                f"stage {stage} needs a preference dataset (`ranking: true` with chosen/rejected columns), "
+                f"but `{name}` is not one; use a ranking dataset such as dpo_demo", key))
+        elif stage == "kto" and (ranking or not has_kto_tag):
+            why = "is a ranking dataset" if ranking else "has no `kto_tag` column"
+            problems.append(at.error(
+                f"stage kto needs single answers labelled by a boolean `kto_tag` column (no ranking), but "
+                f"`{name}` {why}; use a dataset such as kto_demo", key))
+        elif stage in ("pt", "sft", "ppo") and ranking:
+            problems.append(at.error(
+                f"`{name}` is a ranking (preference) dataset, which LLaMA-Factory refuses for stage {stage}; "
+                "use it with stage dpo or rm", key))
+    return problems
+
+
+@dataclass
+class _At:
+    file: str
+    lines: dict[str, int]
+
+    def error(self, message: str, key: str | None = None) -> Problem:
+        return Problem(message, self.file, self.lines.get(key, 1) if key else 1, "error")
+
+    def warning(self, message: str, key: str | None = None) -> Problem:
+        return Problem(message, self.file, self.lines.get(key, 1) if key else 1, "warning")
+
+
+def check_config(
+    data: dict, *, text: str | None = None, file: str = "<config>", base_dir: Path | None = None
+) -> list[Problem]:
+    """Every problem of a parsed config (errors and warnings), sorted by line.
+
+    `text` (the YAML the data came from) gives line numbers; `base_dir` is the folder a relative
+    `dataset_dir` is resolved against (the config file's folder).
+    """
+    lines = parse_yaml(text, file).lines if text is not None else {}
+    return _check(data, _At(file, lines), base_dir)
+
+
+def _check(data: Any, at: _At, base_dir: Path | None) -> list[Problem]:
+    if not isinstance(data, dict):
+        return [at.error("the config must be a mapping of keys to values (`key: value` lines)")]
+    schema = load_schema()
+    kind = config_kind(data)
+    problems = _check_values(data, schema, at)
+    problems += _check_required(data, kind, at)
+    problems += _check_template(data, schema, at)
+    problems += _check_datasets(data, base_dir, at)
+    return _sorted(problems)
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.file or "", p.line or 0))
+
+
+def validate_text(text: str, *, file: str = "<config>", base_dir: Path | None = None) -> list[Problem]:
+    """Every problem of a YAML config given as text: syntax, tags, duplicates, then check_config's rules."""
+    parsed = parse_yaml(text, file)
+    if parsed.data is None:
+        return parsed.problems
+    return _sorted(parsed.problems + _check(parsed.data, _At(file, parsed.lines), base_dir))
+
+
+def validate_file(path: Path) -> list[Problem]:
+    """Every problem of a YAML config file; a file that cannot be read is one problem, not an exception."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [Problem("file not found; check the path", file)]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [Problem(f"cannot read the file ({exc}); pass a UTF-8 YAML file", file)]
+    return validate_text(text, file=file, base_dir=Path(path).resolve().parent)

@@ -1,0 +1,61 @@
+"""`lfwrap webui`: LLaMA-Factory's web UI with lfwrap's datasets in its dataset list."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+HELP = """Start LLaMA-Factory's web UI (LLaMA Board) with lfwrap's datasets and saves.
+
+The bundled and registered datasets appear in the Train tab's dataset list, and trainings started
+from the UI write under $LFWRAP_HOME/saves. Waits until the UI answers, prints its URL, and runs
+until Ctrl-C, which stops it.
+
+\b
+--backend local   runs `llamafactory-cli webui` here (needs `pip install 'lfwrap[local]'`; CPU works)
+--backend docker  runs the LLaMA-Factory image with all GPUs, like `docker compose up webui`
+
+\b
+Examples:
+  $ lfwrap webui                                  # http://127.0.0.1:7860/
+  $ lfwrap webui --port 7861
+  $ lfwrap webui --backend docker --host 0.0.0.0
+  $ lfwrap webui --backend docker --image hiyouga/llamafactory:0.9.5 --no-gpus
+"""
+
+
+@click.command(help=HELP)
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="Run LLaMA-Factory here or in its Docker image.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
+              help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--image", default=None,
+              help="Docker backend: LLaMA-Factory image [default: hiyouga/llamafactory:latest].")
+@click.option("--gpus/--no-gpus", default=True, show_default=True, help="Docker backend: request all GPUs.")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the UI to answer.")
+def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, timeout: float) -> None:
+    from wrapper import webui as lib
+    from wrapper.errors import LaunchError, UsageError
+
+    if image and backend != "docker":
+        raise UsageError("--image only applies to --backend docker; add --backend docker or drop --image.")
+    if backend == "local":
+        ui = lib.start_local(host=host, port=port)
+    else:
+        ui = lib.start_docker(host=host, port=port, image=image or lib.DEFAULT_IMAGE, gpus=gpus)
+    try:
+        click.echo(f"Starting LLaMA-Factory's web UI ({backend}); waiting for {ui.url} ...", err=True)
+        lib.wait_ready(ui, timeout=timeout)
+        click.echo(f"Web UI ready: {ui.url}")
+        click.echo("Press Ctrl-C to stop it.", err=True)
+        while ui.alive():
+            time.sleep(1.0)
+        where = f"; see {ui.log}" if ui.log else ""
+        raise LaunchError(f"the web UI ({backend}) stopped on its own{where}.")
+    except KeyboardInterrupt:
+        click.echo("Stopping the web UI ...", err=True)
+    finally:
+        ui.stop()

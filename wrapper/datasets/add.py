@@ -1,0 +1,171 @@
+"""`lfwrap data add` and `lfwrap data list` as library calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wrapper import home
+from wrapper.datasets.check import CheckReport, check_file
+from wrapper.datasets.info import Columns, Tags, did_you_mean
+from wrapper.datasets.registry import (
+    INFO_FILE,
+    RegistryEntry,
+    bundled_registry,
+    check_name,
+    merged_entries,
+    register,
+    user_registry,
+)
+from wrapper.datasets.rows import defaults
+from wrapper.errors import DatasetError, Problem, UsageError
+
+
+def parse_pairs(items: Sequence[str], allowed: tuple[str, ...], option: str) -> dict[str, str]:
+    """'k=v' items (each may hold several, comma-separated) checked against LLaMA-Factory's names."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise UsageError(f"{option} {part!r} is not key=value; write e.g. {option} prompt=question.")
+            if key not in allowed:
+                raise UsageError(
+                    f"{option}: unknown name '{key}'{did_you_mean(key, allowed)}; "
+                    f"use one of {', '.join(allowed)}."
+                )
+            pairs[key] = value
+    return pairs
+
+
+def effective_columns(formatting: str, ranking: bool, given: dict[str, str],
+                      seen: set[str]) -> dict[str, str]:
+    """The columns to write: the ones given, plus each default whose field the file actually has.
+
+    LLaMA-Factory reads history, system, chosen, rejected, kto_tag ... only when dataset_info.json
+    names them, so a field present in the data but not named here would be silently dropped.
+    """
+    base, _ = defaults(formatting)
+    columns = dict(given)
+    for name, field_name in base.items():
+        if name in columns or (name in ("chosen", "rejected") and not ranking):
+            continue
+        if field_name in seen:
+            columns[name] = field_name
+    return columns
+
+
+@dataclass
+class Added:
+    name: str
+    path: Path
+    report: CheckReport
+    dataset_dir: Path
+
+
+def add_dataset(name: str, source: Path, *, formatting: str = "alpaca", ranking: bool = False,
+                columns: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+                description: str = "", max_errors: int = 20) -> Added:
+    """Check a data file, copy it into $LFWRAP_HOME/datasets and register it under `name`.
+
+    Raises DatasetError (with the report's problems) when any row is bad; nothing is copied then.
+    """
+    check_name(name)
+    columns, tags = dict(columns or {}), dict(tags or {})
+    folder = home.user_datasets_dir().resolve()
+    suffix = source.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        raise UsageError(f"{source} is not a .json or .jsonl file; convert it to JSON Lines first.")
+    target = (folder / f"{name}{suffix}").resolve()
+    if target.parent != folder:
+        raise UsageError(f"Dataset name {name!r} would write outside {folder}; choose a plain name.")
+    report = check_file(source, formatting=formatting, ranking=ranking, columns=columns, tags=tags,
+                        max_errors=max_errors)
+    if not report.ok:
+        problems = [Problem(str(problem), str(source), problem.line) for problem in report.problems]
+        if report.fatal:
+            problems.append(Problem(f"stopped: {report.fatal}", str(source)))
+        raise DatasetError(
+            f"{source} has {report.bad_rows} bad row(s) of {report.rows}; fix them (run `lfwrap data check "
+            f"{source} --formatting {formatting}` for the full report) and add it again.",
+            problems,
+        )
+    if report.rows == 0:
+        raise DatasetError(f"{source} has no rows; add at least one row before registering it.")
+    if source.resolve() != target:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    written_columns = effective_columns(formatting, ranking, columns, report.keys)
+    written_tags = tags
+    if formatting == "openai":
+        written_tags = {**defaults("openai")[1], **tags}
+    entry = RegistryEntry(
+        file=target.name,
+        formatting=formatting,  # type: ignore[arg-type]
+        ranking=ranking,
+        columns=Columns(**written_columns) if written_columns else None,
+        tags=Tags(**written_tags) if written_tags else None,
+        description=description,
+        rows=report.rows,
+    )
+    dataset_dir = register(name, entry)
+    return Added(name=name, path=target, report=report, dataset_dir=dataset_dir)
+
+
+@dataclass
+class Listed:
+    name: str
+    source: str  # "bundled", "user" or "hand-added"
+    formatting: str
+    ranking: bool
+    rows: int | None
+    file: str
+
+
+def _count_rows(path: Path) -> int | None:
+    try:
+        if path.suffix.lower() == ".jsonl":
+            with path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return len(data) if isinstance(data, list) else None
+
+
+def list_datasets() -> list[Listed]:
+    """Every dataset the rendered dataset_info.json offers, with where it comes from."""
+    bundled = bundled_registry()
+    user = user_registry()
+    folder = home.user_datasets_dir()
+    listed: list[Listed] = []
+    for name, entry in merged_entries().items():
+        file_name: Any = entry.get("file_name") or next(
+            (entry[key] for key in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+             if entry.get(key)), "")
+        if name in user:
+            source, rows = "user", user[name].rows
+        elif name in bundled:
+            source, rows = "bundled", _count_rows(Path(file_name))
+        else:
+            source = f"hand-added in {INFO_FILE}"
+            rows = _count_rows(folder / file_name) if entry.get("file_name") else None
+        listed.append(Listed(name, source, entry.get("formatting", "alpaca"), bool(entry.get("ranking")),
+                             rows, str(file_name)))
+    return listed
+

@@ -1,0 +1,323 @@
+"""The Docker backend, driven through the real `docker` SDK against the Engine-API stand-in.
+
+No Docker engine can run on these machines, so tests/engine_standin.py answers the Engine API on
+a unix socket and records every request; DOCKER_HOST points the SDK at it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine_standin import GPU_ERROR, EngineStandIn
+
+from wrapper.errors import LaunchError
+from wrapper.launch.docker_backend import (
+    DEFAULT_IMAGE,
+    DockerOptions,
+    Mount,
+    container_config,
+    container_spec,
+    effective_mounts,
+    redact_spec,
+    standard_mounts,
+    start_container,
+)
+
+COMMAND = ["llamafactory-cli", "train", "/app/run/config.yaml"]
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineStandIn]:
+    # A short folder: unix socket paths are limited to about 100 characters.
+    folder = Path(tempfile.mkdtemp(prefix="engine-", dir="/tmp"))
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    with EngineStandIn(folder / "docker.sock") as standin:
+        monkeypatch.setenv("DOCKER_HOST", standin.url)
+        yield standin
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def layout(lfwrap_home: Path, tmp_path: Path) -> dict[str, Path]:
+    paths = {
+        "run_dir": lfwrap_home / "runs" / "sft-1",
+        "datasets": lfwrap_home / "datasets",
+        "model": lfwrap_home / "models" / "tiny-llama",
+        "hf_cache": tmp_path / "hf-home",
+    }
+    for path in paths.values():
+        path.mkdir(parents=True)
+    return paths
+
+
+def _start(layout: dict[str, Path], options: DockerOptions, env: dict[str, str] | None = None):
+    return start_container(
+        run_dir=layout["run_dir"],
+        command=COMMAND,
+        options=options,
+        env=env or {},
+        mounts=standard_mounts(layout["datasets"], layout["model"]),
+    )
+
+
+def test_standin_train_container_spec_logs_and_cleanup(engine, layout, monkeypatch):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.log_frames = [(1, b"step 1/2 loss 1.5\n"), (2, b"a warning\n"), (1, b"done\n")]
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    options = DockerOptions(hf_cache=layout["hf_cache"])
+
+    handle = _start(layout, options, env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"})
+    received: list[bytes] = []
+    code = handle.run(received.append)
+
+    assert code == 0
+    assert b"".join(received) == b"step 1/2 loss 1.5\na warning\ndone\n"
+    [body] = engine.bodies("POST", "/containers/create")
+    expected = container_spec(
+        run_dir=layout["run_dir"], command=COMMAND, options=options,
+        env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"},
+        mounts=standard_mounts(layout["datasets"], layout["model"]),
+    )
+    assert body == expected
+    assert body["Image"] == "hiyouga/llamafactory:latest"
+    assert body["Cmd"] == COMMAND
+    assert body["WorkingDir"] == "/app/run"
+    assert body["Labels"] == {"lfwrap.run": "sft-1"}
+    host = body["HostConfig"]
+    assert host["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert host["IpcMode"] == "host"
+    assert host["Privileged"] is False
+    assert host["AutoRemove"] is False
+    assert "Binds" not in host and "CapAdd" not in host
+    mounts = {m["Target"]: (m["Source"], m["Type"], m["ReadOnly"]) for m in host["Mounts"]}
+    assert mounts == {
+        "/app/data": (str(layout["datasets"].resolve()), "bind", True),
+        "/app/models/tiny-llama": (str(layout["model"].resolve()), "bind", True),
+        "/app/run": (str(layout["run_dir"].resolve()), "bind", False),
+        "/root/.cache/huggingface": (str(layout["hf_cache"].resolve()), "bind", False),
+    }
+    assert sorted(body["Env"]) == sorted([
+        "HF_HOME=/root/.cache/huggingface",
+        "HF_ENDPOINT=https://hf-mirror.example",
+        "HF_TOKEN=hf_secret_value",
+        "FORCE_TORCHRUN=1",
+        "NPROC_PER_NODE=2",
+    ])
+    create = next(r for r in engine.requests if r.path == "/containers/create")
+    assert create.query["name"] == ["lfwrap-sft-1"]
+
+    cid = handle.id
+    calls = engine.calls()
+    for call in [("GET", "/_ping"), ("GET", f"/images/{DEFAULT_IMAGE}/json"), ("POST", "/containers/create"),
+                 ("POST", f"/containers/{cid}/start"), ("GET", f"/containers/{cid}/logs"),
+                 ("POST", f"/containers/{cid}/wait"), ("DELETE", f"/containers/{cid}")]:
+        assert call in calls
+    assert calls.index(("POST", "/containers/create")) < calls.index(("POST", f"/containers/{cid}/start"))
+    assert calls.index(("POST", f"/containers/{cid}/wait")) < calls.index(("DELETE", f"/containers/{cid}"))
+    assert not any(path == "/images/create" for _, path in calls)  # the image was there: no pull
+    assert engine.containers == {}
+
+
+def test_standin_failed_run_exit_code_and_removal(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.exit_code = 1
+    engine.log_frames = [(2, b"ValueError: Cannot find dataset\n")]
+    handle = _start(layout, DockerOptions(gpus=None))
+    received: list[bytes] = []
+    assert handle.run(received.append) == 1
+    assert b"Cannot find dataset" in b"".join(received)
+    assert ("DELETE", f"/containers/{handle.id}") in engine.calls()
+    assert engine.containers == {}
+
+
+def test_standin_chosen_gpu_ids_and_cpu_only(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    _start(layout, DockerOptions(gpus=["0", "2"])).run(lambda chunk: None)
+    (layout["run_dir"].parent / "sft-2").mkdir()
+    layout["run_dir"] = layout["run_dir"].parent / "sft-2"
+    _start(layout, DockerOptions(gpus=None)).run(lambda chunk: None)
+
+    first, second = engine.bodies("POST", "/containers/create")
+    assert first["HostConfig"]["DeviceRequests"] == [
+        {"Driver": "nvidia", "Count": 0, "DeviceIDs": ["0", "2"], "Capabilities": [["gpu"]], "Options": {}}
+    ]
+    assert "DeviceRequests" not in second["HostConfig"]
+    assert second["Labels"] == {"lfwrap.run": "sft-2"}
+
+
+def test_standin_hf_variables_not_passed_when_unset(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    _start(layout, DockerOptions(gpus=None), env={"A": "1"}).run(lambda chunk: None)
+    [body] = engine.bodies("POST", "/containers/create")
+    assert body["Env"] == ["A=1"]  # no HF_TOKEN/HF_ENDPOINT, no HF_HOME without a cache mount
+
+
+def test_standin_absent_image_is_pulled(engine, layout):
+    handle = _start(layout, DockerOptions(image="hiyouga/llamafactory:0.9.5", gpus=None))
+    handle.run(lambda chunk: None)
+    [pull] = [r for r in engine.requests if r.path == "/images/create"]
+    assert pull.method == "POST"
+    assert pull.query["fromImage"] == ["hiyouga/llamafactory"]
+    assert pull.query["tag"] == ["0.9.5"]
+    [body] = engine.bodies("POST", "/containers/create")
+    assert body["Image"] == "hiyouga/llamafactory:0.9.5"
+
+
+def test_standin_absent_image_and_pull_fails(engine, layout):
+    engine.pull_error = (404, "pull access denied for nosuch/image, repository does not exist")
+    with pytest.raises(LaunchError) as info:
+        _start(layout, DockerOptions(image="nosuch/image:v1", gpus=None))
+    assert str(info.value) == (
+        "Docker image nosuch/image:v1 is absent and pulling it failed (pull access denied for nosuch/image, "
+        "repository does not exist); check the name and your network or registry login, or choose another "
+        "with --image."
+    )
+    assert ("POST", "/containers/create") not in engine.calls()
+
+
+def test_standin_no_pull_allowed(engine, layout):
+    with pytest.raises(LaunchError, match=r"not on this machine; run `docker pull hiyouga/llamafactory:latest`"):
+        _start(layout, DockerOptions(gpus=None, pull=False))
+    assert not any(path == "/images/create" for _, path in engine.calls())
+
+
+def test_standin_no_gpu_runtime(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.gpu_runtime = False
+    with pytest.raises(LaunchError) as info:
+        _start(layout, DockerOptions(gpus="all"))
+    assert str(info.value) == (
+        f"Docker has no GPU runtime ({GPU_ERROR}); install the NVIDIA Container Toolkit, "
+        f"or run on the CPU with --gpus none."
+    )
+    created = [p for m, p in engine.calls() if m == "DELETE"]
+    assert len(created) == 1 and created[0].startswith("/containers/")  # the created container is removed
+    assert engine.containers == {}
+
+
+def test_standin_engine_unreachable(monkeypatch, layout):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/lfwrap-no-such-dir/docker.sock")
+    with pytest.raises(LaunchError) as info:
+        _start(layout, DockerOptions(gpus=None))
+    assert str(info.value) == (
+        "Docker engine not reachable at unix:///tmp/lfwrap-no-such-dir/docker.sock; start Docker or set "
+        "DOCKER_HOST, or use --backend local."
+    )
+
+
+def test_standin_explicit_base_url(engine, layout, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/lfwrap-no-such-dir/docker.sock")
+    engine.images.add(DEFAULT_IMAGE)
+    handle = _start(layout, DockerOptions(gpus=None, base_url=engine.url))
+    assert handle.run(lambda chunk: None) == 0
+    assert ("POST", "/containers/create") in engine.calls()
+
+
+def test_standin_name_conflict(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.hold = True
+    first = _start(layout, DockerOptions(gpus=None))
+    with pytest.raises(LaunchError, match=r"A container named lfwrap-sft-1 already exists; remove it with "
+                                          r"`docker rm -f lfwrap-sft-1` and retry\."):
+        _start(layout, DockerOptions(gpus=None))
+    first.stop(1)
+    first.remove()
+    assert engine.containers == {}
+
+
+def test_standin_stop_and_remove(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.hold = True
+    handle = _start(layout, DockerOptions(gpus=None))
+    handle.stop(timeout=7)
+    assert handle.wait() == 143
+    handle.remove()
+    handle.remove()  # idempotent: the engine says 404 the second time
+    [stop] = [r for r in engine.requests if r.path == f"/containers/{handle.id}/stop"]
+    assert stop.query["t"] == ["7"]
+    deletes = [r for r in engine.requests if r.method == "DELETE"]
+    assert len(deletes) == 2 and deletes[0].query["force"] == ["True"]
+    assert engine.containers == {}
+
+
+def test_standin_ctrl_c_stops_and_removes(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.hold = True
+    # Deliver Ctrl-C while the SDK is blocked in the wait call, as a user pressing it would.
+    main = threading.main_thread().ident
+    assert main is not None
+    engine.on_wait = lambda: signal.pthread_kill(main, signal.SIGINT)
+    handle = _start(layout, DockerOptions(gpus=None))
+    with pytest.raises(KeyboardInterrupt):
+        handle.run(lambda chunk: None)
+    calls = engine.calls()
+    assert ("POST", f"/containers/{handle.id}/stop") in calls
+    assert calls.index(("POST", f"/containers/{handle.id}/stop")) < calls.index(
+        ("DELETE", f"/containers/{handle.id}"))
+    assert engine.containers == {}
+
+
+def test_refuses_mounts_outside_project_folders(engine, layout):
+    for source in (Path("/etc"), layout["run_dir"].parent.parent.parent):
+        with pytest.raises(LaunchError, match=r"^Refusing to mount .* into the container: only lfwrap's folders"):
+            start_container(run_dir=layout["run_dir"], command=COMMAND, options=DockerOptions(gpus=None),
+                            env={}, mounts=[Mount(source, "/app/extra")])
+    sneaky = layout["datasets"] / ".." / ".." / ".."
+    with pytest.raises(LaunchError, match=r"^Refusing to mount"):
+        container_spec(run_dir=layout["run_dir"], command=COMMAND, options=DockerOptions(gpus=None),
+                       env={}, mounts=[Mount(sneaky, "/app/extra")])
+    assert engine.requests == []  # refused before talking to the engine
+
+
+def test_ports_are_published_on_loopback(layout):
+    spec = container_spec(run_dir=layout["run_dir"], command=["llamafactory-cli", "api", "infer.yaml"],
+                          options=DockerOptions(gpus=None, ports={8000: 8123}), env={"API_PORT": "8000"},
+                          mounts=[])
+    assert spec["ExposedPorts"] == {"8000/tcp": {}}
+    assert spec["HostConfig"]["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8123"}]}
+
+
+def test_container_config_translates_host_paths(layout):
+    options = DockerOptions(gpus=None)
+    mounts = effective_mounts(run_dir=layout["run_dir"], options=options,
+                              mounts=standard_mounts(layout["datasets"], layout["model"]))
+    config = {
+        "model_name_or_path": str(layout["model"]),
+        "dataset_dir": str(layout["datasets"]),
+        "output_dir": str(layout["run_dir"] / "output"),
+        "adapter_name_or_path": f"{layout['run_dir']}/a1,{layout['run_dir']}/a2",
+        "dataset": "identity",
+        "template": "qwen",
+    }
+    assert container_config(config, mounts) == {
+        "model_name_or_path": "/app/models/tiny-llama",
+        "dataset_dir": "/app/data",
+        "output_dir": "/app/run/output",
+        "adapter_name_or_path": "/app/run/a1,/app/run/a2",
+        "dataset": "identity",
+        "template": "qwen",
+    }
+    hub = {"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert container_config(hub, mounts) == hub
+    with pytest.raises(LaunchError, match=r"^/opt/model is not visible inside the container"):
+        container_config({"model_name_or_path": "/opt/model"}, mounts)
+
+
+def test_redacted_spec_hides_the_token(layout, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    spec = container_spec(run_dir=layout["run_dir"], command=COMMAND, options=DockerOptions(gpus=None),
+                          env={}, mounts=[])
+    assert "HF_TOKEN=hf_secret_value" in spec["Env"]
+    shown = redact_spec(spec)
+    assert shown["Env"] == ["HF_TOKEN=***"]
+    assert "hf_secret_value" not in repr(shown)

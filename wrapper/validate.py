@@ -67,6 +67,7 @@ class ParsedYaml:
     data: Any  # the document (a dict when the file is usable), None when it could not be read
     lines: dict[str, int] = field(default_factory=dict)  # top-level key -> 1-based line
     problems: list[Problem] = field(default_factory=list)
+    refused: set[str] = field(default_factory=set)  # keys present but left out of data (refused tags)
 
 
 def _line(node: yaml.Node) -> int:
@@ -129,6 +130,7 @@ def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
         problems: list[Problem] = []
         data: dict[str, Any] = {}
         lines: dict[str, int] = {}
+        refused: set[str] = set()
         seen: set[int] = set()
         for key_node, value_node in root.value:
             safe = _walk(key_node, file, seen, problems)
@@ -145,7 +147,9 @@ def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
             lines[key] = _line(key_node)  # the last one: its value is the one used
             if safe:
                 data[key] = loader.construct_object(value_node, deep=True)
-        return ParsedYaml(data, lines, problems)
+            else:
+                refused.add(key)
+        return ParsedYaml(data, lines, problems, refused)
     finally:
         loader.dispose()
 
@@ -187,7 +191,7 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
     anchor = "stage" if "stage" in data else None
 
     def need(key: str, why: str) -> None:
-        if data.get(key) in (None, ""):
+        if data.get(key) in (None, "") and key not in at.refused:  # a refused value is already reported
             problems.append(at.error(f"missing `{key}`, required {why}", anchor))
 
     if kind == "export":
@@ -298,6 +302,7 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
 class _At:
     file: str
     lines: dict[str, int]
+    refused: set[str] = field(default_factory=set)
 
     def error(self, message: str, key: str | None = None) -> Problem:
         return Problem(message, self.file, self.lines.get(key, 1) if key else 1, "error")
@@ -327,11 +332,12 @@ def _check(data: Any, at: _At, base_dir: Path | None) -> list[Problem]:
     problems += _check_required(data, kind, at)
     problems += _check_template(data, schema, at)
     problems += _check_datasets(data, base_dir, at)
-    return _sorted(problems)
+    return _sorted(problems, at.file)
 
 
-def _sorted(problems: list[Problem]) -> list[Problem]:
-    return sorted(problems, key=lambda p: (p.file or "", p.line or 0))
+def _sorted(problems: list[Problem], file: str) -> list[Problem]:
+    """By line, the config's own problems first (then those of the dataset_info.json it uses)."""
+    return sorted(problems, key=lambda p: (p.file != file, p.line or 0))
 
 
 def validate_text(text: str, *, file: str = "<config>", base_dir: Path | None = None) -> list[Problem]:
@@ -339,7 +345,8 @@ def validate_text(text: str, *, file: str = "<config>", base_dir: Path | None = 
     parsed = parse_yaml(text, file)
     if parsed.data is None:
         return parsed.problems
-    return _sorted(parsed.problems + _check(parsed.data, _At(file, parsed.lines), base_dir))
+    at = _At(file, parsed.lines, parsed.refused)
+    return _sorted(parsed.problems + _check(parsed.data, at, base_dir), file)
 
 
 def validate_file(path: Path) -> list[Problem]:

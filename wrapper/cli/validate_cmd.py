@@ -16,8 +16,9 @@ wrong types, values outside the allowed set, keys the stage requires, unknown ch
 datasets missing from dataset_dir's dataset_info.json, preference stages (dpo, kto, rm) on the
 wrong kind of dataset, duplicate keys and YAML tags. A relative dataset_dir is taken from the
 config's folder. Exit status 1 when any error is found; warnings alone exit 0.
+"""
 
-\b
+EXAMPLES = """\b
 Examples:
   $ lfwrap validate my_config.yaml
   $ lfwrap validate train.yaml infer.yaml merge.yaml
@@ -29,7 +30,7 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-@click.command(help=HELP)
+@click.command(help=HELP, epilog=EXAMPLES)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems and the summary.")
 def validate(files: tuple[Path, ...], quiet: bool) -> None:

@@ -83,7 +83,8 @@ class EngineStandIn:
             engine = standin
 
         self._server = _UnixHTTPServer(str(self.socket_path), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        server = self._server
+        threading.Thread(target=lambda: server.serve_forever(poll_interval=0.05), daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -186,8 +186,12 @@ def test_standin_absent_image_and_pull_fails(engine, layout):
 
 
 def test_standin_no_pull_allowed(engine, layout):
-    with pytest.raises(LaunchError, match=r"not on this machine; run `docker pull hiyouga/llamafactory:latest`"):
+    with pytest.raises(LaunchError) as info:
         _start(layout, DockerOptions(gpus=None, pull=False))
+    assert str(info.value) == (
+        "Docker image hiyouga/llamafactory:latest is not on this machine; "
+        "run `docker pull hiyouga/llamafactory:latest`."
+    )
     assert not any(path == "/images/create" for _, path in engine.calls())
 
 
@@ -269,7 +273,7 @@ def test_standin_ctrl_c_stops_and_removes(engine, layout):
 
 def test_refuses_mounts_outside_project_folders(engine, layout):
     for source in (Path("/etc"), layout["run_dir"].parent.parent.parent):
-        with pytest.raises(LaunchError, match=r"^Refusing to mount .* into the container: only lfwrap's folders"):
+        with pytest.raises(LaunchError, match=r"^Refusing to mount .* into the container: only lfwrap's"):
             start_container(run_dir=layout["run_dir"], command=COMMAND, options=DockerOptions(gpus=None),
                             env={}, mounts=[Mount(source, "/app/extra")])
     sneaky = layout["datasets"] / ".." / ".." / ".."

@@ -251,7 +251,6 @@ def connect(options: DockerOptions) -> docker.DockerClient:
 def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
     """Make sure the image is on the engine, pulling it once when absent and allowed."""
     import docker
-    from docker.utils import parse_repository_tag
 
     try:
         client.api.inspect_image(options.image)
@@ -264,7 +263,7 @@ def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
         raise LaunchError(
             f"Docker image {options.image} is not on this machine; run `docker pull {options.image}`."
         )
-    repository, tag = parse_repository_tag(options.image)
+    repository, tag = docker.utils.parse_repository_tag(options.image)
     reason = ""
     try:
         for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):

@@ -1,0 +1,90 @@
+"""Helpers for the gateway tests (no tests here): real uvicorn servers on 127.0.0.1 in threads."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from wrapper.gateway.app import Gateway
+from wrapper.gateway.keys import KeyCache, KeyStore
+from wrapper.gateway.settings import GatewaySettings, ModelRoute
+from wrapper.gateway.standin import StandIn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None, graceful_s: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=graceful_s,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@contextmanager
+def serving(app: Any, **kwargs: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def standin() -> Iterator[tuple[StandIn, str]]:
+    app = StandIn()
+    with serving(app) as server:
+        yield app, server.url
+
+
+def make_settings(routes: list[dict[str, Any]], tmp: Path, **extra: Any) -> GatewaySettings:
+    return GatewaySettings(models=[ModelRoute(**r) for r in routes], keys_db=tmp / "keys.db", **extra)
+
+
+def make_gateway(settings: GatewaySettings) -> Gateway:
+    keys = KeyCache(KeyStore(settings.keys_path()), refresh_s=0.0) if settings.auth == "keys" else None
+    return Gateway(settings, keys)
+
+
+def new_key(settings: GatewaySettings, **kwargs: Any) -> str:
+    store = KeyStore(settings.keys_path())
+    try:
+        return store.create(**kwargs)[1]
+    finally:
+        store.close()

@@ -1,0 +1,150 @@
+"""`lfwrap gateway`: the OpenAI-compatible gateway in front of LLaMA-Factory API servers."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from wrapper.errors import UsageError
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command(
+    help="""Run the OpenAI-compatible gateway in front of LLaMA-Factory API servers.
+
+Routes POST /v1/chat/completions by `model` to the configured upstreams (plain and SSE streaming),
+passes /v1/score/evaluation through, and serves /v1/models, /healthz, /readyz and /metrics.
+Settings come from --config (YAML), then LFWRAP_* environment variables, then these flags.
+
+Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
+With no key created yet the gateway still starts, but answers 401 to every request until you
+create one. --open turns key checks off (refused unless --host is a loopback address).
+
+\b
+Examples:
+  $ lfwrap keys create                       # prints the key once
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
+  $ lfwrap gateway --config gateway.yaml --port 8080
+  $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
+
+\b
+gateway.yaml:
+  host: 0.0.0.0
+  port: 8080
+  models:
+    - name: conch
+      upstream: http://127.0.0.1:8000
+      upstream_key: <the API_KEY of that server, if any>
+      max_concurrency: 1        # LLaMA-Factory answers one request at a time
+      max_queue: 32
+      tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
+"""
+)
+@click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Gateway YAML file."
+)
+@click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen port (default 8080).")
+@click.option("--upstream", default=None, help="Quick start: URL of one LLaMA-Factory API server.")
+@click.option(
+    "--model", "model", default=None, help="Quick start: the model name callers use for --upstream."
+)
+@click.option(
+    "--upstream-key",
+    envvar="LFWRAP_UPSTREAM_KEY",
+    default=None,
+    help="API_KEY of the --upstream server (or env LFWRAP_UPSTREAM_KEY).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests in flight to --upstream (default 1, LLaMA-Factory's own limit).",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="tokenizer.json or model folder of --upstream's model, for exact usage counts.",
+)
+@click.option("--open", "open_", is_flag=True, help="Accept requests without an API key (loopback only).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def gateway(
+    config: Path | None,
+    host: str | None,
+    port: int | None,
+    upstream: str | None,
+    model: str | None,
+    upstream_key: str | None,
+    max_concurrency: int | None,
+    tokenizer: Path | None,
+    open_: bool,
+    log_level: str,
+) -> None:
+    from wrapper.gateway import server
+    from wrapper.gateway.keys import KeyStore
+    from wrapper.gateway.settings import ModelRoute, load_settings
+
+    if (upstream is None) != (model is None):
+        raise UsageError(
+            "--upstream and --model go together: --upstream http://127.0.0.1:8000 --model conch."
+        )
+    settings = load_settings(config, host=host, port=port, auth="open" if open_ else None)
+    if upstream is not None and model is not None:
+        quick = {
+            "name": model,
+            "upstream": upstream,
+            "upstream_key": upstream_key,
+            "max_concurrency": max_concurrency or 1,
+            "tokenizer": tokenizer,
+        }
+        models = [r.model_dump() for r in settings.models if r.name != model]
+        models.append({k: v for k, v in quick.items() if v is not None})
+        settings = load_settings(
+            config,
+            host=host,
+            port=port,
+            auth="open" if open_ else None,
+            models=[ModelRoute.model_validate(m) for m in models],
+        )
+    if not settings.models:
+        raise UsageError(
+            "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
+        )
+    if settings.auth == "open" and not _is_loopback(settings.host):
+        raise UsageError(
+            f"Refusing to run without API keys on {settings.host}: use --host 127.0.0.1 with --open, "
+            "or create keys with `lfwrap keys create`."
+        )
+    for route in settings.models:
+        click.echo(
+            f"model {route.name} -> {route.upstream} (max_concurrency {route.max_concurrency}, "
+            f"max_queue {route.max_queue})",
+            err=True,
+        )
+    if settings.auth == "open":
+        click.echo("auth: OPEN - no API key is checked (--open).", err=True)
+    else:
+        store = KeyStore(settings.keys_path())
+        count = len(store.list(include_revoked=False))
+        store.close()
+        if count == 0:
+            click.echo(
+                f"auth: keys - no API key exists yet in {settings.keys_path()}: every request gets 401 "
+                "until you run `lfwrap keys create`.",
+                err=True,
+            )
+        else:
+            click.echo(f"auth: keys - {count} active key(s) in {settings.keys_path()}.", err=True)
+    click.echo(f"OpenAI base URL: http://{settings.host}:{settings.port}/v1", err=True)
+    server.run(settings, log_level=log_level)

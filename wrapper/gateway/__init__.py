@@ -1,0 +1,15 @@
+"""The OpenAI-compatible gateway in front of LLaMA-Factory's API servers.
+
+settings.py    one pydantic-settings object: listen address, models -> upstreams, limits
+keys.py        API keys stored as SHA-256 hashes in SQLite; the in-memory cache the hot path reads
+ratelimit.py   per-key requests-per-minute window
+limiter.py     per-upstream concurrency limit with a bounded FIFO queue
+checks.py      requests LLaMA-Factory would reject, answered 400 before they reach it
+oai.py         OpenAI error objects and the small ASGI response helpers
+upstream.py    the pooled aiohttp client: plain and streamed forwarding, error mapping
+usage.py       token counts for the final usage chunk (tokenizer.json when available)
+metrics.py     Prometheus text exposition
+accesslog.py   one line per request: id, key id, model, status, latency, bytes
+app.py         the ASGI app: a lean hot path for chat and score, FastAPI for the rest
+server.py      uvicorn with graceful shutdown
+"""

@@ -1,0 +1,484 @@
+"""The gateway's ASGI app.
+
+The two proxied endpoints (POST /v1/chat/completions, POST /v1/score/evaluation) run on a lean raw-ASGI
+path: no routing framework, no request models, orjson, one pooled aiohttp client. Everything else
+(/v1/models, /healthz, /readyz, /metrics, /docs) is a small FastAPI app behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import orjson
+
+from wrapper.gateway.accesslog import log_request
+from wrapper.gateway.checks import check_chat, check_score
+from wrapper.gateway.keys import KeyCache, KeyRecord
+from wrapper.gateway.limiter import QueueFull, QueueTimeout
+from wrapper.gateway.metrics import Metrics
+from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, send_response
+from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
+from wrapper.gateway.settings import GatewaySettings
+from wrapper.gateway.upstream import Upstream, new_session
+
+log = logging.getLogger("lfwrap.gateway")
+
+CHAT_PATH = "/v1/chat/completions"
+SCORE_PATH = "/v1/score/evaluation"
+_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(value: bytes | None) -> str:
+    if value:
+        text = value.decode("latin-1")
+        if len(text) <= 128 and all(c in _SAFE_ID for c in text):
+            return text
+    return uuid.uuid4().hex
+
+
+class Disconnected(Exception):
+    """The caller went away before the answer was complete."""
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, keys: KeyCache | None):
+        if settings.auth == "keys" and keys is None:
+            raise ValueError("auth 'keys' needs a key cache")
+        self.settings = settings
+        self.keys = keys if settings.auth == "keys" else None
+        self.metrics = Metrics()
+        self.rate = RateLimiter()
+        self.upstreams = {route.name: Upstream(route, self.metrics) for route in settings.models}
+        self.session: aiohttp.ClientSession | None = None
+        self.started = time.time()
+        self._small: Any = None
+
+    # ---- ASGI entry -------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == CHAT_PATH or path == SCORE_PATH:
+                await self._proxy(scope, receive, send, path)
+                return
+            if self._small is None:
+                from wrapper.gateway.small import build_small_app  # FastAPI: imported on first use
+
+                self._small = build_small_app(self)
+            await self._small(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        if self.session is None:
+            self.session = new_session()
+
+    async def shutdown(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # ---- shared checks ----------------------------------------------------------------------------
+    def authenticate(self, authorization: bytes | None) -> KeyRecord | None:
+        """The caller's key record; None when the gateway runs open. Raises 401."""
+        if self.keys is None:
+            return None
+        if not authorization:
+            raise ApiError(
+                401,
+                "Missing API key: send it as 'Authorization: Bearer <key>' (create one with "
+                "`lfwrap keys create`).",
+                code="invalid_api_key",
+            )
+        scheme, _, key = authorization.decode("latin-1").partition(" ")
+        record = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
+        if record is None:
+            if len(self.keys) == 0:
+                raise ApiError(
+                    401,
+                    "This gateway has no API keys yet: create one with `lfwrap keys create` "
+                    "and send it as 'Authorization: Bearer <key>'.",
+                    code="invalid_api_key",
+                )
+            raise ApiError(
+                401,
+                "Invalid API key: it is unknown or revoked; see `lfwrap keys list`.",
+                code="invalid_api_key",
+            )
+        return record
+
+    def upstream_for(self, model: str, record: KeyRecord | None) -> Upstream:
+        upstream = self.upstreams.get(model)
+        if upstream is None:
+            close = difflib.get_close_matches(model, list(self.upstreams), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ApiError(
+                404,
+                f"The model {model!r} does not exist on this gateway; GET /v1/models lists the models.{hint}",
+                code="model_not_found",
+                param="model",
+            )
+        if record is not None and not record.allows(model):
+            raise ApiError(
+                403,
+                f"This API key (id {record.key_id}) may not use model {model!r}; it may use "
+                f"{', '.join(record.models or ())}.",
+                code="model_not_allowed",
+                param="model",
+            )
+        return upstream
+
+    def visible_models(self, record: KeyRecord | None) -> list[str]:
+        return [name for name in self.upstreams if record is None or record.allows(name)]
+
+    async def _read_body(self, receive: Any, declared: int | None) -> bytes:
+        limit = self.settings.max_body_bytes
+        if declared is not None and declared > limit:
+            raise ApiError(
+                413,
+                f"The request body is {declared} bytes; this gateway accepts at most {limit} "
+                "(max_body_bytes).",
+                code="request_too_large",
+            )
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(
+                    413,
+                    f"The request body is over {limit} bytes, the most this gateway accepts "
+                    "(max_body_bytes).",
+                    code="request_too_large",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # ---- the hot path -----------------------------------------------------------------------------
+    async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
+        start = time.perf_counter()
+        authorization = request_id_raw = length_raw = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                request_id_raw = value
+            elif name == b"content-length":
+                length_raw = value
+        request_id = _request_id(request_id_raw)
+        id_header = (b"x-request-id", request_id.encode())
+        key_id = "-"
+        model = ""
+        status = 500
+        bytes_in = 0
+        sent = [0]
+        try:
+            if scope["method"] != "POST":
+                raise ApiError(405, f"{path} takes POST.", code="method_not_allowed")
+            record = self.authenticate(authorization)
+            if record is not None:
+                key_id = record.key_id
+            declared = int(length_raw) if length_raw and length_raw.isdigit() else None
+            body = await self._read_body(receive, declared)
+            bytes_in = len(body)
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise ApiError(
+                    400, f"The request body is not valid JSON ({exc}).", code="invalid_json"
+                ) from None
+            if path == CHAT_PATH:
+                model, stream, include_usage = check_chat(data)
+            else:
+                model, stream, include_usage = check_score(data), False, False
+            upstream = self.upstream_for(model, record)
+            if record is not None and record.rpm is not None:
+                wait = self.rate.hit(record.key_id, record.rpm)
+                if wait:
+                    raise ApiError(
+                        429,
+                        f"Rate limit reached for API key {record.key_id}: {record.rpm} requests per minute.",
+                        code="rate_limit_exceeded",
+                        retry_after=retry_after_header(wait),
+                    )
+            status = await self._guarded(
+                upstream, path, body, data, stream, include_usage, request_id, id_header, receive, send, sent
+            )
+        except ApiError as err:
+            status = err.status
+            payload = err.body()
+            await send_response(send, status, payload, [*err.headers(), id_header])
+            sent[0] = len(payload)
+        except Disconnected:
+            status = 499  # nginx's "client closed request"
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(model or "-", status, elapsed)
+            if self.settings.access_log:
+                log_request(
+                    request_id, key_id, scope["method"], path, model, status, elapsed, bytes_in, sent[0]
+                )
+
+    async def _guarded(
+        self,
+        upstream: Upstream,
+        path: str,
+        body: bytes,
+        data: dict[str, Any],
+        stream: bool,
+        include_usage: bool,
+        request_id: str,
+        id_header: tuple[bytes, bytes],
+        receive: Any,
+        send: Any,
+        sent: list[int],
+    ) -> int:
+        """Queue for a slot and forward, cancelling everything the moment the caller disconnects."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    task.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            try:
+                await upstream.limiter.acquire(upstream.route.queue_timeout)
+            except QueueFull:
+                raise ApiError(
+                    429,
+                    f"Model {upstream.name!r} is busy: {upstream.limiter.max_queue} requests are "
+                    "already waiting; retry shortly.",
+                    code="queue_full",
+                    retry_after="1",
+                ) from None
+            except QueueTimeout:
+                raise ApiError(
+                    503,
+                    f"Model {upstream.name!r} is busy: no slot freed within "
+                    f"{upstream.route.queue_timeout:g} s (queue_timeout).",
+                    code="queue_timeout",
+                    retry_after=RETRY_BUSY,
+                ) from None
+            try:
+                if stream:
+                    return await self._forward_stream(
+                        upstream, path, body, data, include_usage, request_id, id_header, send, sent
+                    )
+                return await self._forward_plain(
+                    upstream, path, body, data["model"], request_id, id_header, send, sent
+                )
+            finally:
+                upstream.limiter.release()
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            if hasattr(task, "uncancel"):  # Python 3.11+
+                task.uncancel()
+            raise Disconnected from None
+        finally:
+            watcher.cancel()
+
+    async def _forward_plain(
+        self,
+        upstream: Upstream,
+        path: str,
+        body: bytes,
+        model: str,
+        request_id: str,
+        id_header: tuple[bytes, bytes],
+        send: Any,
+        sent: list[int],
+    ) -> int:
+        assert self.session is not None, "the gateway was not started (lifespan)"
+        resp = await upstream.post(self.session, path, body, request_id)
+        try:
+            if resp.status != 200:
+                raise await upstream.error_from(resp)
+            try:
+                raw = await resp.read()
+            except asyncio.TimeoutError:
+                upstream.metrics.upstream_error(upstream.name, "timeout")
+                raise ApiError(
+                    504,
+                    f"Model {model!r}: the upstream stopped answering for "
+                    f"{upstream.route.read_timeout:g} s (read_timeout).",
+                    code="upstream_timeout",
+                ) from None
+            except aiohttp.ClientError as exc:
+                upstream.metrics.upstream_error(upstream.name, "protocol")
+                raise ApiError(
+                    502,
+                    f"Model {model!r}: the upstream answer broke off ({exc}).",
+                    code="bad_upstream_response",
+                ) from None
+        finally:
+            resp.close()
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            upstream.metrics.upstream_error(upstream.name, "protocol")
+            raise ApiError(
+                502,
+                f"Model {model!r}: the upstream answered something that is not JSON.",
+                code="bad_upstream_response",
+            ) from None
+        if isinstance(answer, dict) and "model" in answer:
+            answer["model"] = model
+        out = orjson.dumps(answer)
+        await send_response(send, 200, out, [(b"content-type", b"application/json"), id_header])
+        sent[0] = len(out)
+        return 200
+
+    async def _forward_stream(
+        self,
+        upstream: Upstream,
+        path: str,
+        body: bytes,
+        data: dict[str, Any],
+        include_usage: bool,
+        request_id: str,
+        id_header: tuple[bytes, bytes],
+        send: Any,
+        sent: list[int],
+    ) -> int:
+        assert self.session is not None, "the gateway was not started (lifespan)"
+        resp = await upstream.post(self.session, path, body, request_id)
+        if resp.status != 200:
+            raise await upstream.error_from(resp)
+        rewrite = StreamRewriter(data["model"], include_usage)
+        headers: Headers = [*SSE_HEADERS, id_header]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        buffer = b""
+        try:
+            async for piece in resp.content.iter_any():
+                buffer += piece
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n")
+                end = buffer.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
+                out = rewrite.events(complete)
+                if out:
+                    sent[0] += len(out)
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if not rewrite.done:
+                raise aiohttp.ClientPayloadError("the upstream closed the stream before [DONE]")
+            if include_usage:
+                tail = rewrite.usage_chunk(
+                    upstream.counter.usage(data["messages"], rewrite.text(), rewrite.chunks)
+                )
+                tail += b"data: [DONE]\n\n"
+                sent[0] += len(tail)
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "stream"
+            upstream.metrics.upstream_error(upstream.name, kind)
+            reason = (
+                f"no data for {upstream.route.read_timeout:g} s (read_timeout)"
+                if kind == "timeout"
+                else str(exc) or exc.__class__.__name__
+            )
+            err = ApiError(
+                502,
+                f"Model {upstream.name!r}: the upstream stream broke off: {reason}.",
+                code="upstream_stream_error",
+            )
+            out = b"data: " + err.body() + b"\n\n"
+            sent[0] += len(out)
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+        finally:
+            resp.close()  # releases nothing half-read back to the pool: the upstream request ends now
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
+
+
+RETRY_BUSY = "2"
+
+
+class StreamRewriter:
+    """Rewrites complete SSE events: the requested model name, usage bookkeeping, [DONE] handling."""
+
+    def __init__(self, model: str, include_usage: bool):
+        self.model = model
+        self.include_usage = include_usage
+        self.done = False
+        self.chunks = 0
+        self._parts: list[str] = []
+        self._id: Any = None
+        self._created: Any = None
+
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def events(self, block: bytes) -> bytes:
+        out = []
+        for event in block.split(b"\n\n"):
+            if not event:
+                continue
+            if not event.startswith(b"data:"):
+                out.append(event + b"\n\n")  # comments (keep-alive pings) pass through
+                continue
+            payload = event[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                if not self.include_usage:  # else the usage chunk goes first, then [DONE]
+                    out.append(b"data: [DONE]\n\n")
+                continue
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                out.append(event + b"\n\n")
+                continue
+            if isinstance(chunk, dict):
+                chunk["model"] = self.model
+                self._id = chunk.get("id", self._id)
+                self._created = chunk.get("created", self._created)
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+                    if content:
+                        self._parts.append(content)
+                        self.chunks += 1
+                if self.include_usage:
+                    chunk["usage"] = None
+            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        return b"".join(out)
+
+    def usage_chunk(self, usage: dict[str, int]) -> bytes:
+        chunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created or int(time.time()),
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"

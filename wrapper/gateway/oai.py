@@ -1,0 +1,80 @@
+"""OpenAI's error object and the few raw-ASGI response helpers the gateway uses.
+
+Every failure the gateway answers has the shape {"error": {"message", "type", "param", "code"}},
+so the official SDKs raise the matching exception (AuthenticationError, NotFoundError, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+Headers = list[tuple[bytes, bytes]]
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx and friends in front of us not to buffer
+]
+
+# status -> the OpenAI error type it carries
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """A failure answered to the caller as an OpenAI error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+        type_: str | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.type = type_ or ERROR_TYPES.get(status, "server_error")
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.payload())
+
+    def headers(self) -> Headers:
+        headers = list(JSON_HEADERS)
+        if self.retry_after is not None:
+            headers.append((b"retry-after", self.retry_after.encode()))
+        return headers
+
+
+async def send_response(send: Any, status: int, body: bytes, headers: Headers) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,241 @@
+"""The gateway's one settings object: a YAML file, then LFWRAP_* environment variables, then flags.
+
+Priority, highest first: values passed in code (the CLI's flags), environment variables
+(LFWRAP_PORT=9000, LFWRAP_MODELS='[{"name": "conch", "upstream": "http://127.0.0.1:8000"}]'),
+the YAML file, the defaults below. Unknown keys are refused with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from wrapper.errors import GatewayError, Problem
+from wrapper.home import home
+
+# Values people paste from examples instead of a real secret.
+PLACEHOLDER_SECRETS = {
+    "",
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "password",
+    "token",
+    "apikey",
+    "api-key",
+    "api_key",
+    "your-api-key",
+    "your_api_key",
+    "yourapikey",
+    "your-key",
+    "xxx",
+    "todo",
+    "placeholder",
+    "example",
+    "test",
+    "sk-xxx",
+    "sk-...",
+    "none",
+    "null",
+    "dummy",
+    "fake",
+}
+
+
+def is_placeholder(secret: str) -> bool:
+    lowered = secret.strip().lower()
+    if (
+        lowered in PLACEHOLDER_SECRETS
+        or lowered.startswith("<")
+        or set(lowered) <= {"x", "-", "*", ".", "s", "k"}
+    ):
+        return True
+    return "changeme" in lowered.replace("-", "").replace("_", "") or "your" in lowered
+
+
+class SettingsError(GatewayError):
+    """Gateway settings failed validation; `problems` lists every finding."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class ModelRoute(BaseModel):
+    """One model name callers ask for, and the LLaMA-Factory API server that answers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, description="The `model` callers put in requests.")
+    upstream: str = Field(description="Base URL of the API server, e.g. http://127.0.0.1:8000.")
+    upstream_key: SecretStr | None = Field(default=None, description="API_KEY the upstream server expects.")
+    max_concurrency: int = Field(default=1, ge=1, le=4096, description="Requests in flight to this upstream.")
+    max_queue: int = Field(default=32, ge=0, le=100_000, description="Requests waiting behind them (FIFO).")
+    queue_timeout: float = Field(default=60.0, gt=0, description="Seconds a request may wait in the queue.")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection upstream.")
+    read_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds allowed between two upstream reads."
+    )
+    tokenizer: Path | None = Field(
+        default=None, description="tokenizer.json (or the model folder holding it) for usage counts."
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
+        if value.endswith("/v1"):
+            value = value[: -len("/v1")]
+        return value
+
+    @field_validator("upstream_key")
+    @classmethod
+    def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and is_placeholder(value.get_secret_value()):
+            raise ValueError(
+                "upstream_key looks like a placeholder; set the API_KEY the upstream really uses"
+            )
+        return value
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LFWRAP_", extra="forbid", env_nested_delimiter="__")
+
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    models: list[ModelRoute] = Field(default_factory=list, description="Model name -> upstream routes.")
+    auth: Literal["keys", "open"] = Field(
+        default="keys",
+        description="keys: every request needs a key from `lfwrap keys create`; open: no key checked.",
+    )
+    keys_db: Path | None = Field(
+        default=None, description="SQLite key store (default $LFWRAP_HOME/gateway/keys.db)."
+    )
+    max_body_bytes: int = Field(default=4_000_000, ge=1024, description="Largest request body accepted.")
+    shutdown_timeout: float = Field(
+        default=30.0, ge=0, description="Seconds in-flight streams get at shutdown."
+    )
+    access_log: bool = Field(
+        default=True, description="One line per request on the lfwrap.gateway.access logger."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewaySettings:
+        names = [route.name for route in self.models]
+        dupes = sorted({name for name in names if names.count(name) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    def keys_path(self) -> Path:
+        return self.keys_db if self.keys_db is not None else home() / "gateway" / "keys.db"
+
+    def route(self, name: str) -> ModelRoute | None:
+        for route in self.models:
+            if route.name == name:
+                return route
+        return None
+
+
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        data = _yaml_data.get() or {}
+        return data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get() or {})
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(
+            f"Cannot read gateway config {path}: {exc.strerror}; check the --config path."
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SettingsError(
+            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax."
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the gateway config must be a YAML mapping (host, port, models ...).")
+    return data
+
+
+def _field_names(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = GatewaySettings
+    for part in loc[:-1]:
+        if part == "models":
+            model = ModelRoute
+    return list(model.model_fields)
+
+
+def _problems(exc: ValidationError, file: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            close = difflib.get_close_matches(key, _field_names(loc), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            message = f"{where}: unknown key{hint}"
+        else:
+            message = f"{where}: {err['msg']}"
+        problems.append(Problem(message=message, file=file))
+    return problems
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Settings from `config` (YAML), LFWRAP_* environment and `overrides` (None values are skipped)."""
+    data = _read_yaml(config) if config is not None else {}
+    token = _yaml_data.set(data)
+    try:
+        return GatewaySettings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        file = str(config) if config is not None else "gateway settings"
+        problems = _problems(exc, file)
+        raise SettingsError(
+            f"The gateway settings in {file} have {len(problems)} problem(s); fix them and start again.",
+            problems,
+        ) from exc
+    finally:
+        _yaml_data.reset(token)

@@ -1,0 +1,97 @@
+"""The gateway's small endpoints on FastAPI: models, health, readiness, metrics, docs.
+
+Errors use OpenAI's error object here too, including FastAPI's own 404/405/422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from wrapper.gateway.oai import ApiError
+
+if TYPE_CHECKING:
+    from wrapper.gateway.app import Gateway
+
+
+def _error(err: ApiError, request: Request) -> JSONResponse:
+    headers = (
+        {"x-request-id": request.headers.get("x-request-id", "")} if "x-request-id" in request.headers else {}
+    )
+    if err.retry_after is not None:
+        headers["retry-after"] = err.retry_after
+    return JSONResponse(err.payload(), status_code=err.status, headers=headers)
+
+
+def build_small_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="lfwrap gateway", version="1", description="OpenAI-compatible front for LLaMA-Factory."
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        message = (
+            f"No such endpoint: {request.method} {request.url.path}."
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        return _error(ApiError(exc.status_code, message, code=code), request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(
+            ApiError(
+                400,
+                f"Invalid request: {param}: {first.get('msg')}.",
+                code="invalid_request",
+                param=param or None,
+            ),
+            request,
+        )
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        record = gateway.authenticate(request.headers.get("authorization", "").encode("latin-1") or None)
+        created = int(gateway.started)
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "lfwrap"}
+                for name in gateway.visible_models(record)
+            ],
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if gateway.session is None:
+            return JSONResponse({"status": "starting", "upstreams": {}}, status_code=503)
+        names = list(gateway.upstreams)
+        results = await asyncio.gather(*(gateway.upstreams[n].ready(gateway.session) for n in names))
+        upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
+        ready = bool(names) and all(problem is None for problem in results)
+        body = {"status": "ready" if ready else "not ready", "upstreams": upstreams}
+        return JSONResponse(
+            body, status_code=200 if ready else 503, headers=None if ready else {"retry-after": "5"}
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -13,7 +13,6 @@ after checking that they make sense together; `distributed_options` adds the fla
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from wrapper.errors import UsageError
 
 DeepSpeedPreset = Literal["z2", "z3", "z3_offload"]
 DEEPSPEED_PRESETS: tuple[str, ...] = ("z2", "z3", "z3_offload")
-CONTAINER_RUN_DIR = "/app/run"  # where the docker backend mounts the run directory
 
 Gpus = Literal["all"] | list[str]
 
@@ -118,21 +116,6 @@ class DistributedOptions:
                 )
 
 
-def deepspeed_config(preset: str) -> dict[str, Any]:
-    """The DeepSpeed JSON for a preset, rendered from templates/deepspeed/<preset>.json.j2."""
-    try:
-        from wrapper.render import render_deepspeed
-    except ImportError:  # the renderer is optional here: the bundled file needs no variables
-        import jinja2
-
-        from wrapper.home import bundled_templates_dir
-
-        path = bundled_templates_dir() / "deepspeed" / f"{preset}.json.j2"
-        data: dict[str, Any] = json.loads(jinja2.Template(path.read_text(encoding="utf-8")).render())
-        return data
-    return render_deepspeed(preset)
-
-
 def apply(
     options: DistributedOptions,
     config: dict[str, Any],
@@ -143,9 +126,10 @@ def apply(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Copies of `config` and `env` with the distributed settings applied.
 
-    Writes the DeepSpeed JSON into `run_dir` when a preset is chosen. With backend "docker" the
-    GPUs are chosen by the container's DeviceRequest (so CUDA_VISIBLE_DEVICES is left alone) and
-    the DeepSpeed path is the one inside the container.
+    Writes the DeepSpeed JSON into `run_dir` when a preset is chosen and points `deepspeed:` at it
+    (a host path; docker_backend.container_config maps it into the container). With backend
+    "docker" the GPUs are chosen by the container's DeviceRequest (DistributedOptions.docker_gpus),
+    so CUDA_VISIBLE_DEVICES is left alone.
     """
     options.check()
     config = dict(config)
@@ -171,10 +155,10 @@ def apply(
             env["MASTER_PORT"] = str(options.master_port)
 
     if options.deepspeed is not None:
-        name = f"ds_{options.deepspeed}.json"
-        path = run_dir / name
-        path.write_text(json.dumps(deepspeed_config(options.deepspeed), indent=2) + "\n", encoding="utf-8")
-        config["deepspeed"] = f"{CONTAINER_RUN_DIR}/{name}" if backend == "docker" else str(path)
+        from wrapper.render import write_deepspeed
+
+        path = write_deepspeed(options.deepspeed, run_dir)
+        config["deepspeed"] = str(path)
 
     if options.use_ray:
         env["USE_RAY"] = "1"

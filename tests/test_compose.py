@@ -162,7 +162,8 @@ def test_volumes(resolved) -> None:
     for name in ("webui", "train"):
         mounts = _mounts(services[name])
         assert mounts["/app/data"]["source"] == "./docker/data" and mounts["/app/data"]["read_only"]
-        assert mounts["/app/data/bundled"]["source"] == "./datasets" and mounts["/app/data/bundled"]["read_only"]
+        bundled = mounts["/app/data/bundled"]
+        assert bundled["source"] == "./datasets" and bundled["read_only"]
         assert mounts["/app/saves"]["source"] == "./outputs" and not mounts["/app/saves"].get("read_only")
         assert mounts["/root/.cache/huggingface"]["source"] == "./hf_cache"
     assert _mounts(services["train"])["/app/config/train.yaml"]["source"] == "./docker/train.yaml"
@@ -275,7 +276,8 @@ def test_api_healthcheck_command_really_checks_the_key(resolved, models_server) 
 
     def run(api_key: str) -> int:
         env = {"API_KEY": api_key, "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30)
+        return proc.returncode
 
     assert run(key) == 0
     assert run("k-wrong") != 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -273,3 +277,44 @@ def test_cli_help_ends_with_examples(lfwrap):
     assert proc.returncode == 0
     assert proc.stdout.rstrip().splitlines()[-1].strip().startswith("$ lfwrap ")
     assert "  $ lfwrap validate my_config.yaml" in proc.stdout
+
+
+# --- agreement with LLaMA-Factory's own argument parser -------------------------------------------------
+
+PARSE_WITH_LLAMAFACTORY = """
+import json, sys, yaml
+from transformers import HfArgumentParser
+from llamafactory.hparams.parser import _INFER_ARGS, _TRAIN_ARGS
+out = {}
+for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    parser = HfArgumentParser(_TRAIN_ARGS if kind == "train" else _INFER_ARGS)
+    try:
+        parser.parse_dict(yaml.safe_load(open(path, encoding="utf-8")), allow_extra_keys=False)
+        out[path] = "accepted"
+    except Exception as exc:
+        out[path] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(importlib.util.find_spec("llamafactory") is None, reason="needs the `local` extra")
+def test_llamafactory_agrees_with_the_schema_rules():
+    """What validate passes, LLaMA-Factory's parser accepts; its schema errors, LLaMA-Factory refuses too."""
+    cases = {"good_sft.yaml": "train", "good_infer.yaml": "infer", "good_export.yaml": "infer",
+             "unknown_key.yaml": "train", "bad_choice.yaml": "train"}
+    argv = [arg for name, kind in cases.items() for arg in (kind, str(CONFIGS / name))]
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_WITH_LLAMAFACTORY, *argv], capture_output=True, text=True,
+        timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=CONFIGS,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout.splitlines()[-1])
+    verdicts = {Path(path).name: verdict for path, verdict in parsed.items()}
+    for name in ("good_sft.yaml", "good_infer.yaml", "good_export.yaml"):
+        assert validate_file(CONFIGS / name) == [] and verdicts[name] == "accepted", (name, verdicts[name])
+    assert "lerning_rate" in verdicts["unknown_key.yaml"]
+    assert "unknown key `lerning_rate`" in validate_file(CONFIGS / "unknown_key.yaml")[0].message
+    assert "cosin is not a valid SchedulerType" in verdicts["bad_choice.yaml"]
+    ours = validate_file(CONFIGS / "bad_choice.yaml")
+    assert any("`lr_scheduler_type` must be one of" in p.message for p in ours)

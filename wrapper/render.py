@@ -198,13 +198,15 @@ def _read_info(name: str, path: Path) -> TemplateInfo:
     try:
         meta = _Meta.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        message = f"`{where}`: {error['msg']}"
-        if error["type"] == "extra_forbidden":
-            allowed = list(_VarDecl.model_fields) if len(error["loc"]) > 1 else list(_Meta.model_fields)
-            message = f"unknown key `{where}`{_did_you_mean(str(error['loc'][-1]), allowed)}"
-        raise _meta_problem(path, message) from None
+        messages = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                allowed = list(_VarDecl.model_fields) if len(error["loc"]) > 1 else list(_Meta.model_fields)
+                messages.append(f"unknown key `{where}`{_did_you_mean(str(error['loc'][-1]), allowed)}")
+            else:
+                messages.append(f"`{where}`: {error['msg'].lower()}")
+        raise _meta_problem(path, "; ".join(messages)) from None
     for var in meta.variables:
         if not _KEY.match(var):
             raise _meta_problem(path, f"variable name `{var}` is not an identifier")

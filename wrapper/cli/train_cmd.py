@@ -1,0 +1,205 @@
+"""`lfwrap train`: render → validate → run directory → launch → follow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from wrapper.errors import LaunchError, UsageError
+from wrapper.launch.distributed import DistributedOptions, distributed_options
+
+HELP = """Render a template, validate it, create a run directory and launch LLaMA-Factory.
+
+The run lives in $LFWRAP_HOME/runs/NAME: config.yaml (the exact file LLaMA-Factory gets),
+dataset_info.json and copies of the data, meta.json (status, times, exit code) and train.log.
+Progress is read from trainer_log.jsonl; Ctrl-C cancels the whole run.
+
+\b
+Examples:
+  $ lfwrap train --template sft_lora --model Qwen/Qwen2.5-0.5B-Instruct --name conch
+  $ lfwrap train --template sft_lora --model ~/.lfwrap/models/tiny-llama --set template=default \\
+      --set bf16=false --set num_train_epochs=150 --set learning_rate=5e-3
+  $ lfwrap train --template dpo_lora --dataset dpo_demo --dry-run
+  $ lfwrap train --template sft_lora --detach --name conch     # follow: lfwrap runs logs conch -f
+  $ lfwrap train --name conch --resume                         # from its last checkpoint
+  $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
+"""
+
+
+def _is_docker(backend: str) -> bool:
+    return backend == "docker"
+
+
+@click.command("train", help=HELP)
+@click.option("--template", "-t", "template", metavar="NAME", help="Train template (see `lfwrap templates`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Template variable or LLaMA-Factory key; repeatable.")
+@click.option("--model", metavar="M", help="Base model: hub id or local folder (model_name_or_path).")
+@click.option("--dataset", metavar="D", help="Dataset name(s) from the registry, comma-separated.")
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="Run LLaMA-Factory here or in the hiyouga/llamafactory container.")
+@click.option("--image", metavar="IMAGE", help="Container image for --backend docker.")
+@click.option("--name", metavar="RUN", help="Run name (default: template and time).")
+@click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
+@click.option("--detach", is_flag=True, help="Start in the background and return at once.")
+@click.option("--resume", is_flag=True, help="Continue run --name from its last checkpoint.")
+@distributed_options
+def train(template: str | None, sets: tuple[str, ...], model: str | None, dataset: str | None, backend: str,
+          image: str | None, name: str | None, dry_run: bool, detach: bool, resume: bool,
+          distributed: DistributedOptions) -> None:
+    from wrapper.launch import train as launcher
+
+    if resume:
+        if not name:
+            raise UsageError("--resume needs --name RUN, the run to continue; list runs with `lfwrap runs`.")
+        if template or sets or model or dataset:
+            raise UsageError(
+                "--resume continues a run with its own config; drop --template/--set/--model/--dataset."
+            )
+        from wrapper.launch import runs
+
+        run_dir = runs.find_run(name)
+        checkpoint = launcher.prepare_resume(run_dir)
+        click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
+    else:
+        run_dir = _create(template, sets, model, dataset, backend, image, name, distributed)
+        if dry_run:
+            _show_plan(run_dir)
+            launcher.discard_run(run_dir)
+            return
+
+    process = launcher.launch(run_dir)
+    if detach:
+        click.echo(
+            f"Run {run_dir.name} started in the background (process group {process.pid}).\n"
+            f"  $ lfwrap runs logs {run_dir.name} --follow\n"
+            f"  $ lfwrap runs cancel {run_dir.name}"
+        )
+        return
+    follow_in_terminal(run_dir, process)
+
+
+def _create(template: str | None, sets: tuple[str, ...], model: str | None, dataset: str | None, backend: str,
+            image: str | None, name: str | None, distributed: DistributedOptions) -> Path:
+    from wrapper.launch import train as launcher
+    from wrapper.render import render_template
+
+    if not template:
+        raise UsageError("--template is required (e.g. --template sft_lora); see `lfwrap templates`.")
+    extra: dict[str, str] = {}
+    overrides = list(sets)
+    if model:
+        extra["model_name_or_path"] = model
+        overrides.append(f"model_name_or_path={model}")
+        if not any(item.split("=", 1)[0].strip() == "template" for item in sets):
+            from wrapper.schema import load_schema
+
+            chat_template = load_schema().default_template(model)
+            if chat_template:
+                extra["template"] = chat_template
+    if dataset:
+        extra["dataset"] = dataset
+        overrides.append(f"dataset={dataset}")
+    rendered = render_template(template, sets, extra=extra)
+    for problem in rendered.problems:
+        click.echo(f"  {problem}", err=True)
+    docker = None
+    if _is_docker(backend):
+        from wrapper.launch.docker_backend import DockerOptions
+
+        docker = DockerOptions(gpus=distributed.docker_gpus())
+        if image:
+            docker.image = image
+    elif image:
+        raise UsageError("--image only applies to --backend docker.")
+    run_dir = launcher.create_run(rendered.data, name=name, template=template, overrides=overrides,
+                                  backend=backend, distributed=distributed, docker=docker)
+    _warn_placeholders(run_dir)
+    return run_dir
+
+
+def _warn_placeholders(run_dir: Path) -> None:
+    folder = run_dir / "data" / "identity"
+    if any("{{name}}" in path.read_text(encoding="utf-8") for path in folder.glob("*") if path.is_file()):
+        click.echo(
+            "Warning: the identity dataset still has its {{name}}/{{author}} placeholders; fill them first "
+            "with `lfwrap data identity --name NAME --author AUTHOR`.",
+            err=True,
+        )
+
+
+def _show_plan(run_dir: Path) -> None:
+    from wrapper.launch import runs
+    from wrapper.launch import train as launcher
+
+    meta = runs.read_meta(run_dir)
+    click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or kept)")
+    click.echo((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    if meta.backend == "docker":
+        click.echo("# container spec (Engine API POST /containers/create)")
+        click.echo(json.dumps(launcher.container_spec_for(run_dir), indent=2, ensure_ascii=False))
+        return
+    try:
+        command = launcher.launch_command(run_dir)
+    except LaunchError as exc:
+        command = meta.command
+        click.echo(f"# note: {exc}")
+    env = " ".join(f"{key}={value}" for key, value in meta.env.items())
+    click.echo("# launch command (in the run directory)")
+    click.echo(f"{env + ' ' if env else ''}{' '.join(command)}")
+
+
+def follow_in_terminal(run_dir: Path, process: object = None) -> None:
+    """Follow a run with a progress bar; Ctrl-C cancels it; failure raises LaunchError."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from wrapper.launch import train as launcher
+
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+        TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
+        TextColumn("ETA {task.fields[eta]}"), console=console,
+    )
+    task = bar.add_task(run_dir.name, total=None, loss="-", eta="-")
+
+    def update(progress: launcher.Progress) -> None:
+        loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+        bar.update(task, completed=progress.step, total=progress.total or None, loss=loss,
+                   eta=progress.remaining or "-")
+
+    try:
+        with bar:
+            outcome = launcher.follow(run_dir, update, process=process)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        console.print(f"Cancelling run {run_dir.name} ...")
+        launcher.cancel_run(run_dir)
+        console.print(f"Run {run_dir.name} cancelled.")
+        sys.exit(130)
+    _print_outcome(outcome, run_dir)
+
+
+def _print_outcome(outcome: object, run_dir: Path) -> None:
+    from wrapper.launch import runs
+    from wrapper.launch.train import RunResult
+
+    assert isinstance(outcome, RunResult)
+    meta, progress = outcome.meta, outcome.progress
+    log = run_dir / runs.LOG_FILE
+    if meta.status == "cancelled":
+        raise LaunchError(f"Run {meta.name} was cancelled; its log is {log}.")
+    if meta.status == "failed":
+        for line in meta.error:
+            click.echo(f"  {line}", err=True)
+        raise LaunchError(f"Run {meta.name} failed (exit code {meta.exit_code}); the full log is {log}.")
+    loss = f"{progress.loss:.4f}" if progress.loss is not None else "n/a"
+    click.echo(f"Run {meta.name} succeeded: {progress.step}/{progress.total} steps, final loss {loss}.")
+    if outcome.adapter:
+        click.echo(f"  adapter:   {outcome.adapter}")
+    if outcome.loss_plot:
+        click.echo(f"  loss plot: {outcome.loss_plot}")
+    click.echo(f"Next:\n  $ lfwrap serve {meta.name}\n  $ lfwrap export {meta.name}")

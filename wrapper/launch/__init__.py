@@ -1,0 +1,8 @@
+"""Launching LLaMA-Factory: run directories, the local and Docker backends, progress, serve, export.
+
+Library API (the CLI is a thin shell over it):
+    wrapper.launch.train    create_run → launch → follow → result; cancel_run, prepare_resume
+    wrapper.launch.runs     run directories and their meta.json
+    wrapper.launch.serve    start_api_server → ServerHandle(url, stop())
+    wrapper.launch.export   export_run (merge a run's LoRA adapter into a standalone model)
+"""

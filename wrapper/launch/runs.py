@@ -1,0 +1,185 @@
+"""Run directories: `$LFWRAP_HOME/runs/<name>/`, one per training (or export) run.
+
+    config.yaml         the exact file passed to LLaMA-Factory
+    dataset_info.json   the dataset registry the run used, pointing at ...
+    data/               ... copies of the data files it used
+    meta.json           RunMeta: template, overrides, backend, versions, times, status, exit code, pids
+    train.log           the full output of LLaMA-Factory
+    output/             output_dir: adapter, checkpoints, trainer_log.jsonl, loss plot
+
+Status moves queued → running → succeeded | failed | cancelled. meta.json is rewritten atomically,
+so readers (the CLI, `lfwrap runs`, a job worker) never see half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from wrapper.errors import RunError, UsageError
+from wrapper.home import runs_dir
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+LOG_FILE = "train.log"
+OUTPUT_DIR = "output"
+TRAINER_LOG = "trainer_log.jsonl"
+
+
+class RunMeta(BaseModel):
+    """meta.json of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["train", "export"] = "train"
+    template: str | None = None
+    overrides: list[str] = []
+    backend: Literal["local", "docker"] = "local"
+    command: list[str] = []
+    env: dict[str, str] = {}  # the variables lfwrap added for the launch (not the whole environment)
+    image: str | None = None
+    llamafactory_version: str | None = None
+    output_dir: str = ""
+    created: str = ""
+    started: str | None = None
+    ended: str | None = None
+    status: Status = "queued"
+    exit_code: int | None = None
+    pid: int | None = None  # the supervisor; it leads the run's process group
+    pgid: int | None = None
+    container_id: str | None = None
+    error: list[str] = []  # the relevant lines of the log when the run failed
+    docker: dict[str, Any] | None = None  # DockerOptions fields for the docker backend
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_run_name(name: str) -> str:
+    if not NAME_PATTERN.match(name) or ".." in name:
+        raise UsageError(
+            f"Run name {name!r} is not allowed; use letters, digits, '_', '-' or '.' "
+            "(at most 80, starting with a letter or digit), e.g. conch-v1."
+        )
+    return name
+
+
+def default_run_name(template: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", template) or "run"
+    name = f"{base}-{stamp}"
+    suffix = 1
+    while (runs_dir() / name).exists():
+        suffix += 1
+        name = f"{base}-{stamp}-{suffix}"
+    return name
+
+
+def run_path(name: str) -> Path:
+    """The folder of run `name`; the name is validated so it can never leave the runs folder."""
+    check_run_name(name)
+    root = runs_dir().resolve()
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise UsageError(f"Run name {name!r} points outside {root}; pick a plain name such as conch-v1.")
+    return path
+
+
+def find_run(name: str) -> Path:
+    """An existing run's folder, or RunError naming the runs that do exist."""
+    path = run_path(name)
+    if not (path / META_FILE).is_file():
+        known = [p.name for p in list_run_dirs()]
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RunError(f"No run named {name!r} under {runs_dir()}.{hint} List runs with `lfwrap runs`.")
+    return path
+
+
+def list_run_dirs() -> list[Path]:
+    root = runs_dir()
+    return sorted((p for p in root.iterdir() if (p / META_FILE).is_file()), key=lambda p: p.name)
+
+
+def read_meta(run_dir: Path) -> RunMeta:
+    path = run_dir / META_FILE
+    try:
+        return RunMeta.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RunError(f"{run_dir} is not a run directory (no {META_FILE}); see `lfwrap runs`.") from exc
+    except ValueError as exc:
+        raise RunError(f"{path} is damaged ({exc.__class__.__name__}); delete the run folder.") from exc
+
+
+def write_meta(run_dir: Path, meta: RunMeta) -> None:
+    text = json.dumps(meta.model_dump(), indent=2, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".meta.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, run_dir / META_FILE)
+
+
+def update_meta(run_dir: Path, **changes: Any) -> RunMeta:
+    meta = read_meta(run_dir).model_copy(update=changes)
+    write_meta(run_dir, meta)
+    return meta
+
+
+def output_dir(run_dir: Path) -> Path:
+    meta = read_meta(run_dir)
+    return Path(meta.output_dir) if meta.output_dir else run_dir / OUTPUT_DIR
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint-N folder with the highest N in `folder`, if any."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (non-zombie) processes in process group `pgid` (Linux /proc; elsewhere a kernel probe)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))

@@ -1,0 +1,122 @@
+"""The supervisor: `python -m wrapper.launch.supervisor RUN_DIR`.
+
+Started by `launch()` in a new session, so it leads the run's process group; LLaMA-Factory (or the
+Docker client streaming the container's logs) runs under it. It writes the full output to
+train.log, and records in meta.json when the run started, ended, how (succeeded / failed /
+cancelled), its exit code and, on failure, the relevant error lines. Because it outlives the
+command that started it, detached runs get their status recorded too.
+
+SIGTERM or SIGINT cancel the run: the rest of the group gets SIGTERM, then SIGKILL after a grace
+period; a container is stopped and removed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from wrapper.launch import runs
+from wrapper.launch.local import child_env, llamafactory_cli
+from wrapper.launch.progress import error_lines
+
+GRACE_SECONDS = 10.0
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Cancelled()
+
+
+def _stop_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the rest of our process group, then SIGKILL whatever is left after the grace period."""
+    me = os.getpid()
+    for pid in runs.group_members(os.getpgid(0)):
+        if pid != me:
+            _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    while time.monotonic() < deadline:
+        child.poll()
+        if [pid for pid in runs.group_members(os.getpgid(0)) if pid != me] == []:
+            break
+        time.sleep(0.1)
+    for pid in runs.group_members(os.getpgid(0)):
+        if pid != me:
+            _signal(pid, signal.SIGKILL)
+    child.wait()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
+    command = [llamafactory_cli(), *meta.command[1:]]
+    child = subprocess.Popen(
+        command, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env=child_env(meta.env),
+    )
+    try:
+        return child.wait()
+    except Cancelled:
+        _stop_group(child)
+        raise
+
+
+def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
+    from wrapper.launch.docker_backend import start_container
+    from wrapper.launch.train import docker_setup
+
+    options, mounts = docker_setup(meta)
+    handle = start_container(run_dir=run_dir, command=meta.command, options=options, env=meta.env,
+                             mounts=mounts)
+    runs.update_meta(run_dir, container_id=handle.id)
+
+    def sink(chunk: bytes) -> None:
+        log.write(chunk)
+        log.flush()
+
+    return handle.run(sink, stop_timeout=GRACE_SECONDS)
+
+
+def supervise(run_dir: Path) -> int:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    meta = runs.update_meta(
+        run_dir, status="running", started=runs.now(), pid=os.getpid(), pgid=os.getpgid(0)
+    )
+    status: runs.Status = "failed"
+    code: int | None = None
+    error: list[str] = []
+    with (run_dir / runs.LOG_FILE).open("ab") as log:
+        try:
+            runner = _run_docker if meta.backend == "docker" else _run_local
+            code = runner(run_dir, meta, log)
+            status = "succeeded" if code == 0 else "failed"
+        except Cancelled:
+            status = "cancelled"
+        except Exception as exc:  # a launch problem (engine unreachable, ...): recorded, not raised
+            error = [str(exc)]
+            log.write(f"lfwrap: {exc}\n".encode())
+    if status == "failed" and not error:
+        text = (run_dir / runs.LOG_FILE).read_text(encoding="utf-8", errors="replace")
+        error = error_lines(text) or [f"LLaMA-Factory exited with status {code}."]
+    runs.update_meta(run_dir, status=status, exit_code=code, ended=runs.now(), error=error)
+    return 0 if status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(Path(sys.argv[1])))

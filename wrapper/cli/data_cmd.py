@@ -13,8 +13,7 @@ FORMATTING = click.Choice(["alpaca", "sharegpt", "openai"])
 
 Datasets live in $LFWRAP_HOME/datasets next to a dataset_info.json that LLaMA-Factory reads; the
 bundled ones (identity, alpaca_demo, sharegpt_demo, dpo_demo, kto_demo) are always listed.
-
-\b
+""", epilog="""\b
 Examples:
   $ lfwrap data list
   $ lfwrap data check qa.jsonl --formatting alpaca
@@ -33,14 +32,15 @@ is bad. Rules follow LLaMA-Factory: alpaca rows need string instruction/output (
 optional; history a list of [question, answer] pairs; with --ranking chosen/rejected instead of
 output); sharegpt rows need a conversations list of from/value messages, an optional system
 message first, then human/gpt turns alternating; openai rows need messages with role/content;
-kto_tag must be true or false.
-
-\b
+kto_tag must be true or false. A file named dataset_info.json is checked as LLaMA-Factory's dataset
+registry instead (unknown keys, column and tag names, with "did you mean").
+""", epilog="""\b
 Examples:
   $ lfwrap data check qa.jsonl
   $ lfwrap data check chats.json --formatting sharegpt
   $ lfwrap data check prefs.jsonl --ranking --max-errors 5
   $ lfwrap data check qa.jsonl --columns prompt=question,response=answer
+  $ lfwrap data check my_data/dataset_info.json
 """)
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
@@ -58,6 +58,12 @@ def check(file: Path, formatting: str, ranking: bool, columns: tuple[str, ...], 
     from wrapper.datasets.info import COLUMN_NAMES, TAG_NAMES
     from wrapper.errors import DatasetError
 
+    if file.name == "dataset_info.json":  # the registry file itself: check its entries instead of rows
+        from wrapper.datasets.info import read_dataset_info
+
+        entries = read_dataset_info(file)
+        click.echo(f"{file}: {len(entries)} dataset(s), every entry valid")
+        return
     report = check_file(file, formatting=formatting, ranking=ranking,
                         columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
                         tags=parse_pairs(tags, TAG_NAMES, "--tags"), max_errors=max_errors)
@@ -73,8 +79,7 @@ def check(file: Path, formatting: str, ranking: bool, columns: tuple[str, ...], 
 NAME is letters, digits, '_', '-' or '.'; the file is copied to NAME.json / NAME.jsonl inside the
 datasets folder and dataset_info.json is rewritten atomically, keeping every other entry. A
 user dataset with the name of a bundled one replaces it. Nothing is registered when a row is bad.
-
-\b
+""", epilog="""\b
 Examples:
   $ lfwrap data add my_qa qa.jsonl
   $ lfwrap data add my_qa qa.jsonl --columns prompt=question,response=answer
@@ -103,8 +108,7 @@ def add(name: str, file: Path, formatting: str, ranking: bool, columns: tuple[st
 
 
 @data.command(name="list", help="""List the datasets LLaMA-Factory will see (bundled and your own).
-
-\b
+""", epilog="""\b
 Examples:
   $ lfwrap data list
 """)
@@ -128,8 +132,7 @@ def list_() -> None:
 
 The filled rows are written to $LFWRAP_HOME/datasets/identity.json (values are JSON-escaped, so
 any name is safe) and replace the bundled placeholder set for every later run.
-
-\b
+""", epilog="""\b
 Examples:
   $ lfwrap data identity --name 神奇海螺 --author 蟹堡王
   $ lfwrap data identity --name Ada --author "Example Labs"

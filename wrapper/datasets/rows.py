@@ -42,6 +42,8 @@ def defaults(formatting: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def describe(value: Any) -> str:
     """A short, JSON-like description of a value for messages."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
     kind = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
             type(None): "null"}.get(type(value), type(value).__name__)
     text = json.dumps(value, ensure_ascii=False)
@@ -80,6 +82,8 @@ def _alpaca(columns: Mapping[str, str], ranking: bool, kto_required: bool) -> Ro
             if name not in row:
                 shape = next((key for key in ("conversations", "messages") if key in row), None)
                 hint = f" (the row has '{shape}': try --formatting sharegpt or openai)" if shape else ""
+                if name in (chosen, rejected) and response in row:
+                    hint = f" (with --ranking, '{chosen}' and '{rejected}' replace '{response}')"
                 found.append((name, "missing" + hint))
             elif not isinstance(row[name], str):
                 found.append((name, f"expected a string, got {describe(row[name])}"))
@@ -182,7 +186,13 @@ def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool
         found: list[Finding] = []
         turns = row.get(messages)
         if messages not in row:
-            found.append((messages, "missing"))
+            shape = next((key for key in ("conversations", "messages", "instruction") if key in row), None)
+            hint = ""
+            if shape == "instruction":
+                hint = " (the row has 'instruction': try --formatting alpaca)"
+            elif shape:
+                hint = f" (the row has '{shape}': try --columns messages={shape} or another --formatting)"
+            return [(messages, "missing" + hint)]
         elif not isinstance(turns, list) or not turns:
             found.append((messages, f"expected a non-empty list of messages, got {describe(turns)}"))
         else:
@@ -220,11 +230,11 @@ def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool
                     break
             if not found:
                 if ranking and len(order) % 2 == 0:
-                    found.append((messages, f"{len(order)} turns: a preference row must end with a "
+                    found.append((messages, f"{len(order)} turn(s): a preference row must end with a "
                                             f"'{user}' turn, answered by '{chosen}' and '{rejected}'"))
                 elif not ranking and (len(order) % 2 or not order):
-                    found.append((messages, f"{len(order)} turns: it must end with an '{assistant}' answer "
-                                            "(an even number of turns after the system prompt)"))
+                    found.append((messages, f"{len(order)} turn(s): it must end with an answer from "
+                                            f"'{assistant}' (an even count after any system prompt)"))
         if ranking:
             for name in (chosen, rejected):
                 answer = row.get(name)

@@ -244,7 +244,7 @@ def test_gateway_routes_to_the_api_service(resolved, monkeypatch: pytest.MonkeyP
 class _ModelsHandler(http.server.BaseHTTPRequestHandler):
     """Answers like LLaMA-Factory's API server: /v1/models behind a bearer key."""
 
-    key = ""
+    key = "k-3f9a1c7e52b04d8e"
 
     def do_GET(self) -> None:  # noqa: N802
         ok = self.path == "/v1/models" and self.headers.get("Authorization") == f"Bearer {self.key}"
@@ -258,11 +258,10 @@ class _ModelsHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def models_server() -> Iterator[tuple[int, str]]:
-    handler = type("Handler", (_ModelsHandler,), {"key": "k-3f9a1c7e52b04d8e"})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1], handler.key
+    yield int(server.server_address[1]), _ModelsHandler.key
     server.shutdown()
     server.server_close()
 

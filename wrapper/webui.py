@@ -158,7 +158,7 @@ class WebUI:
             return self.process.poll() is None
         if self.container is not None:
             self.container.reload()
-            return bool(self.container.status in ("created", "running"))
+            return bool(self.container.attrs.get("State", {}).get("Running"))
         return False
 
     def stop(self, grace: float = 10.0) -> None:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_gateway_support import free_port, make_gateway, make_settings, new_key, serving, standin  # noqa: F401
+from test_gateway_support import (  # noqa: F401
+    free_port,
+    make_gateway,
+    make_settings,
+    new_key,
+    serving,
+    standin,
+)
 
 from wrapper.gateway.standin import REPLY, StandIn
 

@@ -31,13 +31,6 @@ With no key created yet the gateway still starts, but answers 401 to every reque
 create one. --open turns key checks off (refused unless --host is a loopback address).
 
 \b
-Examples:
-  $ lfwrap keys create                       # prints the key once
-  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
-  $ lfwrap gateway --config gateway.yaml --port 8080
-  $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
-
-\b
 gateway.yaml:
   host: 0.0.0.0
   port: 8080
@@ -48,7 +41,14 @@ gateway.yaml:
       max_concurrency: 1        # LLaMA-Factory answers one request at a time
       max_queue: 32
       tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
-"""
+""",
+    epilog="""\b
+Examples:
+  $ lfwrap keys create                       # prints the key once
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
+  $ lfwrap gateway --config gateway.yaml --port 8080
+  $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
+""",
 )
 @click.option(
     "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Gateway YAML file."

@@ -31,29 +31,27 @@ def _when(stamp: float | None) -> str:
     help="""Create, list and revoke the gateway's API keys.
 
 Only a SHA-256 hash of each key is stored (SQLite under $LFWRAP_HOME); the key itself is printed once,
-by `keys create`. The key id (8 hex digits) names a key in lists, access logs and metrics.
-
-\b
+by `keys create`. The key id (8 hex digits) names a key in lists, access logs and metrics.""",
+    epilog="""\b
 Examples:
   $ lfwrap keys create                              # any model, no rate limit
   $ lfwrap keys create --models conch --rpm 60 --name billing
   $ export OPENAI_API_KEY=$(lfwrap keys create)     # the key is the only line on stdout
   $ lfwrap keys list
   $ lfwrap keys revoke 1a2b3c4d
-"""
+""",
 )
 def keys() -> None:
     pass
 
 
 @keys.command(
-    help="""Create a key and print it once (stdout); only its hash is stored.
-
-\b
+    help="""Create a key and print it once (stdout); only its hash is stored.""",
+    epilog="""\b
 Examples:
   $ lfwrap keys create
   $ lfwrap keys create --models conch,conch-dpo --rpm 120 --name team-a
-"""
+""",
 )
 @click.option(
     "--models",
@@ -79,9 +77,8 @@ def create(models: tuple[str, ...], rpm: int | None, name: str | None, config: P
 
 @keys.command(
     name="list",
-    help="""List keys: id, name, models, rate, created, status (never the keys).
-
-\b
+    help="""List keys: id, name, models, rate, created, status (never the keys).""",
+    epilog="""\b
 Examples:
   $ lfwrap keys list
   $ lfwrap keys list --active --json
@@ -121,12 +118,11 @@ def list_(active: bool, as_json: bool, config: Path | None) -> None:
 
 
 @keys.command(
-    help="""Revoke a key by its id; a running gateway refuses it within a second.
-
-\b
+    help="""Revoke a key by its id; a running gateway refuses it within a second.""",
+    epilog="""\b
 Examples:
   $ lfwrap keys revoke 1a2b3c4d
-"""
+""",
 )
 @click.argument("key_id")
 @_CONFIG

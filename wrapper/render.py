@@ -308,7 +308,7 @@ def _coerce_plain(name: str, raw: str, default: Any) -> Any:
         raise UsageError(f"--set {name}={raw}: `{name}` expects a {kind} like {default!r}.") from None
     if isinstance(default, list):
         return [part.strip() for part in text.split(",") if part.strip()]
-    if text.lower() in ("null", "~") and default is None:
+    if text.lower() in ("null", "none", "~"):
         return None
     return raw
 

@@ -1,0 +1,136 @@
+"""`lfwrap webui --backend local` on CPU, looked at in a real headless Chromium (Debian's package).
+
+Playwright's Python client drives the system browser at /usr/bin/chromium (never `playwright install`);
+CI installs it with `apt-get install -y chromium`. The screenshot lands in artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.e2e
+
+
+def _need_browser() -> None:
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing; install Debian's chromium (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def webui_url(lfwrap, lfwrap_home: Path) -> Iterator[str]:
+    _need_browser()
+    # A user dataset registered before start must show up next to the bundled ones.
+    lfwrap("data", "identity", "--name", "神奇海螺", "--author", "蟹堡王", check=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wrapper.cli.main", "webui", "--backend", "local", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    url = None
+    try:
+        while url is None:
+            try:
+                line = lines.get(timeout=300)
+            except queue.Empty:
+                pytest.fail(f"lfwrap webui printed no URL; output so far: {''.join(seen)}")
+            seen.append(line)
+            if line.startswith("Web UI ready: "):
+                url = line.removeprefix("Web UI ready: ").strip()
+            elif proc.poll() is not None and lines.empty():
+                pytest.fail(f"lfwrap webui exited {proc.returncode}: {''.join(seen)}")
+        assert url == f"http://127.0.0.1:{port}/"
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, "".join(seen)
+    with pytest.raises(httpx.ConnectError):  # Ctrl-C stopped LLaMA Board too
+        httpx.get(url, timeout=5)
+    log = (lfwrap_home / "webui" / "webui.log").read_text(encoding="utf-8", errors="replace")
+    assert f"Running on local URL:  http://127.0.0.1:{port}" in log
+
+
+def _dataset_choices(page: Page) -> list[str]:
+    # The Train tab's dataset selector (the Evaluate tab has a hidden one with the same label).
+    page.get_by_label("Dataset", exact=True).filter(visible=True).click()
+    options = page.get_by_role("option")
+    options.first.wait_for(timeout=30_000)
+    return [text.strip() for text in options.all_inner_texts()]
+
+
+def test_train_tab_lists_lfwrap_datasets(webui_url: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "webui_train_datasets.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(webui_url, wait_until="load", timeout=60_000)
+            train = page.get_by_role("tab", name="Train", exact=True)
+            train.wait_for(timeout=60_000)
+            train.click()
+            # The data dir LLaMA Board reads is its default `data`, which lfwrap linked to its datasets.
+            assert page.get_by_label("Data dir", exact=False).filter(visible=True).input_value() == "data"
+
+            sft = _dataset_choices(page)
+            page.screenshot(path=str(shot))
+            # Supervised fine-tuning lists every non-ranking dataset; the preference set is for DPO/RM.
+            assert sft == ["identity", "alpaca_demo", "sharegpt_demo", "kto_demo"]
+
+            # The identity rows it previews are the ones `lfwrap data identity` filled in.
+            page.get_by_role("option", name="identity", exact=True).click()
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Preview dataset").click()
+            page.get_by_text("蟹堡王").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_identity_preview.png"))
+            page.get_by_role("button", name="Close").filter(visible=True).click()
+
+            page.get_by_label("Stage", exact=True).filter(visible=True).click()
+            page.get_by_role("option", name="DPO", exact=True).click()
+            page.keyboard.press("Escape")
+            assert "dpo_demo" in _dataset_choices(page)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000

@@ -192,6 +192,7 @@ def test_sft_full_points_deepspeed_at_a_rendered_preset() -> None:
     data = render_template("sft_full", ["ds_preset=z2"]).data
     assert "ds_preset" not in data
     assert json.loads(Path(data["deepspeed"]).read_text(encoding="utf-8"))["zero_optimization"]["stage"] == 2
+    assert render_template("sft_full", ["ds_preset=null"]).data["deepspeed"] is None  # DeepSpeed off
     with pytest.raises(UsageError, match=r"DeepSpeed preset `z3_ofload` \(did you mean `z3_offload`\?\)"):
         render_template("sft_full", ["ds_preset=z3_ofload"])
 

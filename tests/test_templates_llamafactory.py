@@ -23,13 +23,21 @@ pytestmark = pytest.mark.e2e
 
 PROBE = r"""
 import json, sys
+from pathlib import Path
+from omegaconf import OmegaConf
 from llamafactory.hparams import get_infer_args, get_train_args
 
 results = {}
 for name, item in json.load(open(sys.argv[1], encoding="utf-8")).items():
     try:
+        # read the YAML text as `llamafactory-cli train cfg.yaml` does (hparams.parser.read_args)
+        path = Path(sys.argv[2], name + ".yaml")
+        path.write_text(item["text"], encoding="utf-8")
+        args = OmegaConf.to_container(OmegaConf.load(path))
+        if args != item["config"]:
+            raise AssertionError(f"OmegaConf reads {args!r}, lfwrap rendered {item['config']!r}")
         if item["kind"] == "train":
-            model, data, training, finetuning, _ = get_train_args(dict(item["config"]))
+            model, data, training, finetuning, _ = get_train_args(args)
             seen = {
                 "stage": finetuning.stage, "finetuning_type": finetuning.finetuning_type,
                 "lora_rank": finetuning.lora_rank, "pref_beta": finetuning.pref_beta,
@@ -37,11 +45,12 @@ for name, item in json.load(open(sys.argv[1], encoding="utf-8")).items():
                 "quantization_bit": model.quantization_bit,
                 "quantization_method": str(model.quantization_method),
                 "model_name_or_path": model.model_name_or_path, "dataset": data.dataset,
+                "run_name": training.run_name,
                 "dataset_dir": data.dataset_dir, "template": data.template, "output_dir": training.output_dir,
                 "learning_rate": training.learning_rate, "deepspeed": training.deepspeed,
             }
         else:
-            model, data, finetuning, _ = get_infer_args(dict(item["config"]))
+            model, data, finetuning, _ = get_infer_args(args)
             seen = {
                 "model_name_or_path": model.model_name_or_path,
                 "adapter_name_or_path": model.adapter_name_or_path,
@@ -54,6 +63,7 @@ for name, item in json.load(open(sys.argv[1], encoding="utf-8")).items():
 print("PROBE " + json.dumps(results, default=str))
 """
 
+INJECTION = "x\nstage: ppo\n${oc.env:HOME} &a *a !!python/object:os.system # {k: v} \u2028 中文"
 LORA_TRAIN = ["sft_lora", "sft_qlora", "pt_lora", "dpo_lora", "kto_lora", "rm_lora", "ppo_lora"]
 
 
@@ -73,10 +83,17 @@ def _configs(tiny_model: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
     configs = {}
     for case, (template, sets, extra) in cases.items():
         rendered = render_template(template, sets, extra={**model, **extra})
-        configs[case] = {"kind": rendered.template.kind, "config": rendered.data}
+        configs[case] = {"kind": rendered.template.kind, "config": rendered.data, "text": rendered.text}
+    # Values that would add keys or tags if pasted raw reach LLaMA-Factory as the same strings.
+    rendered = render_template(
+        "sft_lora", extra={**model, "output_dir": str(tmp_path / "inj"), "run_name": INJECTION}
+    )
+    configs["injection"] = {"kind": "train", "config": rendered.data, "text": rendered.text}
     # A control the parser must refuse, so a probe that accepts everything cannot pass this test.
-    bad = dict(configs["sft_lora"]["config"], lora_rnak=8)
-    configs["control_unknown_key"] = {"kind": "train", "config": bad}
+    bad = configs["sft_lora"]
+    configs["control_unknown_key"] = {
+        "kind": "train", "config": {**bad["config"], "lora_rnak": 8}, "text": bad["text"] + "lora_rnak: 8\n"
+    }
     return configs
 
 
@@ -90,7 +107,7 @@ def parsed(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     (tmp_path / "probe.py").write_text(PROBE, encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "LLAMAFACTORY_VERBOSITY": "WARN"}
     proc = subprocess.run(
-        [sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "configs.json")],
+        [sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "configs.json"), str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
@@ -160,3 +177,10 @@ def test_control_config_is_refused(parsed: dict[str, Any]) -> None:
     result = parsed["results"]["control_unknown_key"]
     assert not result["ok"]
     assert "lora_rnak" in result["error"] and "HfArgumentParser" in result["error"]
+
+
+def test_injection_values_reach_llamafactory_unchanged(parsed: dict[str, Any]) -> None:
+    result = parsed["results"]["injection"]
+    assert result["ok"], result.get("error")
+    assert result["seen"]["run_name"] == INJECTION
+    assert result["seen"]["stage"] == "sft"

@@ -158,7 +158,9 @@ def follow_in_terminal(run_dir: Path, process: object = None) -> None:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     from wrapper.launch import train as launcher
+    from wrapper.launch.local import sigterm_as_interrupt
 
+    sigterm_as_interrupt()
     console = Console(stderr=True)
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),

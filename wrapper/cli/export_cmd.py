@@ -1,0 +1,33 @@
+"""`lfwrap export`: merge a run's LoRA adapter into a standalone model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+HELP = """Merge a finished run's LoRA adapter into its base model (the merge_lora template and
+`llamafactory-cli export`) and write a standalone model folder that transformers, vLLM or
+`lfwrap serve --model` load without the adapter.
+
+\b
+Examples:
+  $ lfwrap export conch                              # -> $LFWRAP_HOME/runs/conch/merged
+  $ lfwrap export conch --out ./conch-merged
+  $ lfwrap export conch --set export_size=2 --backend docker
+  $ lfwrap serve --model ./conch-merged --template default
+"""
+
+
+@click.command("export", help=HELP)
+@click.argument("run")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="merge_lora variable or key.")
+@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True)
+def export(run: str, out: Path | None, sets: tuple[str, ...], backend: str) -> None:
+    from wrapper.launch.export import export_run
+
+    click.echo(f"Merging the adapter of run {run} ...", err=True)
+    target = export_run(run, out, sets=sets, backend=backend)
+    click.echo(f"Merged model written to {target}")
+    click.echo(f"  $ lfwrap serve --model {target}")

@@ -1,0 +1,130 @@
+"""`lfwrap runs`: list, inspect, follow and cancel runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+LIST_HELP = """List runs, or inspect, follow and cancel one.
+
+Without a subcommand: a table of runs (name, template, status, progress, last loss, age).
+
+\b
+Examples:
+  $ lfwrap runs
+  $ lfwrap runs show conch
+  $ lfwrap runs logs conch --follow
+  $ lfwrap runs cancel conch
+"""
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+@click.group("runs", help=LIST_HELP, invoke_without_command=True)
+@click.pass_context
+def runs(ctx: click.Context) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from wrapper.launch import runs as store
+    from wrapper.launch.progress import read_progress
+    from wrapper.launch.train import refresh
+
+    table = Table("name", "template", "status", "progress", "last loss", "age", box=None)
+    dirs = store.list_run_dirs()
+    for run_dir in dirs:
+        meta = refresh(run_dir)
+        progress = read_progress(Path(meta.output_dir) / store.TRAINER_LOG)
+        steps = f"{progress.step}/{progress.total}" if progress.total else "-"
+        loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+        table.add_row(meta.name, meta.template or "-", meta.status, steps, loss, _age(meta.created))
+    if not dirs:
+        click.echo("No runs yet; start one with `lfwrap train --template sft_lora`.")
+        return
+    Console(width=200).print(table)
+
+
+@runs.command("show", help="""Show a run's metadata, progress and files.
+
+\b
+Examples:
+  $ lfwrap runs show conch
+""")
+@click.argument("run")
+def show(run: str) -> None:
+    from wrapper.launch import runs as store
+    from wrapper.launch.train import refresh, result
+
+    run_dir = store.find_run(run)
+    refresh(run_dir)
+    outcome = result(run_dir)
+    click.echo(json.dumps(outcome.meta.model_dump(), indent=2, ensure_ascii=False))
+    progress = outcome.progress
+    click.echo(f"progress:  {progress.step}/{progress.total} steps, last loss {progress.loss}")
+    click.echo(f"run dir:   {run_dir}")
+    click.echo(f"log:       {run_dir / store.LOG_FILE}")
+    if outcome.adapter:
+        click.echo(f"adapter:   {outcome.adapter}")
+    if outcome.loss_plot:
+        click.echo(f"loss plot: {outcome.loss_plot}")
+
+
+@runs.command("logs", help="""Print a run's train.log; --follow keeps printing until the run ends.
+
+\b
+Examples:
+  $ lfwrap runs logs conch
+  $ lfwrap runs logs conch --follow
+""")
+@click.argument("run")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+def logs(run: str, follow: bool) -> None:
+    from wrapper.launch import runs as store
+    from wrapper.launch.train import refresh
+
+    run_dir = store.find_run(run)
+    path = run_dir / store.LOG_FILE
+    offset = 0
+    while True:
+        finished = refresh(run_dir).status in store.FINISHED  # read before the log: no line is missed
+        if path.is_file():
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            offset += len(chunk)
+            click.echo(chunk.decode("utf-8", errors="replace"), nl=False)
+        if not follow or finished:
+            break
+        time.sleep(0.5)
+    if follow:
+        click.echo(f"[run {run} {store.read_meta(run_dir).status}]", err=True)
+
+
+@runs.command("cancel", help="""Cancel a queued or running run, detached ones included: its whole
+process group (or container) is stopped and its status becomes cancelled.
+
+\b
+Examples:
+  $ lfwrap runs cancel conch
+""")
+@click.argument("run")
+def cancel(run: str) -> None:
+    from wrapper.launch import runs as store
+    from wrapper.launch.train import cancel_run
+
+    meta = cancel_run(store.find_run(run))
+    click.echo(f"Run {meta.name} is {meta.status}.")

@@ -1,0 +1,91 @@
+"""Exporting a run: merge its LoRA adapter into the base model (`llamafactory-cli export`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from wrapper.errors import LaunchError
+from wrapper.launch import runs
+from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.progress import error_lines
+
+EXPORT_FILE = "export.yaml"
+
+
+def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
+    """The rendered merge_lora config for a finished run, writing the merged model to `out`."""
+    from wrapper.launch.train import read_config
+    from wrapper.render import render_template
+
+    meta = runs.read_meta(run_dir)
+    if meta.status != "succeeded":
+        raise LaunchError(
+            f"Run {meta.name!r} is {meta.status}, not succeeded; only a finished run has an adapter to "
+            f"export (see `lfwrap runs show {meta.name}`)."
+        )
+    config = read_config(run_dir)
+    extra = {
+        "model_name_or_path": config["model_name_or_path"],
+        "adapter_name_or_path": meta.output_dir,
+        "export_dir": str(out),
+    }
+    if config.get("template"):
+        extra["template"] = config["template"]
+    return render_template("merge_lora", sets, extra=extra).data
+
+
+def export_run(name: str, out: Path | None = None, *, sets: tuple[str, ...] = (),
+               backend: str = "local") -> Path:
+    """Merge run `name`'s adapter into a standalone model folder (default run_dir/merged); its path."""
+    run_dir = runs.find_run(name)
+    target = (out or run_dir / "merged").expanduser().resolve()
+    config = export_config(run_dir, target, sets)
+    path = run_dir / EXPORT_FILE
+    log_path = run_dir / "export.log"
+    if backend == "docker":
+        code = _export_docker(run_dir, config, path, log_path, target)
+    else:
+        path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        process = spawn([llamafactory_cli(), "export", EXPORT_FILE], cwd=run_dir, log_path=log_path, env={})
+        try:
+            code = process.wait()
+        except BaseException:
+            stop_group(process)
+            raise
+    if code != 0:
+        lines = error_lines(log_path.read_text(encoding="utf-8", errors="replace"))
+        raise LaunchError(
+            f"Exporting run {name} failed (exit code {code}): {' / '.join(lines)}; full log: {log_path}."
+        )
+    return target
+
+
+def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, target: Path) -> int:
+    from wrapper.launch.docker_backend import (
+        DockerOptions,
+        Mount,
+        container_config,
+        effective_mounts,
+        start_container,
+    )
+
+    options = DockerOptions()
+    mounts: list[Mount] = []
+    model = str(config["model_name_or_path"])
+    if model.startswith("/"):
+        mounts.append(Mount(Path(model), f"/app/models/{Path(model).name}", read_only=True))
+    if not target.is_relative_to(run_dir):
+        target.mkdir(parents=True, exist_ok=True)
+        mounts.append(Mount(target, "/app/export", read_only=False))
+    inside = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
+    path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    handle = start_container(run_dir=run_dir, command=["llamafactory-cli", "export", EXPORT_FILE],
+                             options=options, env={}, mounts=mounts)
+    with log_path.open("ab") as log:
+
+        def sink(chunk: bytes) -> None:
+            log.write(chunk)
+
+        return handle.run(sink)

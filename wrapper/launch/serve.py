@@ -1,0 +1,201 @@
+"""Serving a run or a model with LLaMA-Factory's API server (`llamafactory-cli api`).
+
+    with serve_run("conch", port=8000) as server:     # waits until GET /v1/models answers
+        httpx.post(f"{server.url}/v1/chat/completions", ...)
+    # leaving the block (or server.stop()) stops the whole process group / container
+
+The infer config is rendered from the `infer` template (base model, the run's adapter, its chat
+template) and written next to the log: run_dir/serve.yaml and serve.log for a run, or
+$LFWRAP_HOME/serve/<port>.yaml for a bare model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wrapper.errors import LaunchError
+from wrapper.home import home
+from wrapper.launch import runs
+from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.progress import error_lines
+
+READY_TIMEOUT = 300.0
+
+
+@dataclass
+class ServerHandle:
+    """A running API server: its base URL (no /v1), where it logs, and how to stop it."""
+
+    url: str
+    log_path: Path
+    api_key: str | None = None
+    _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    _alive: Callable[[], bool] = field(default=lambda: True, repr=False)
+    _stopped: bool = False
+
+    def running(self) -> bool:
+        return not self._stopped and self._alive()
+
+    def wait(self) -> None:
+        """Block while the server runs (until it exits, or Ctrl-C in the caller)."""
+        while self.running():
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._stop()
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def infer_config(model: str, *, adapter: str | None = None, template: str | None = None,
+                 sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The rendered and validated `infer` config for a model and optional adapter."""
+    from wrapper.render import render_template
+
+    extra: dict[str, Any] = {"model_name_or_path": model}
+    if adapter:
+        extra["adapter_name_or_path"] = adapter
+    if template:
+        extra["template"] = template
+    return render_template("infer", sets, extra=extra).data
+
+
+def run_infer_config(run_dir: Path, sets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The infer config for a finished training run: its base model, adapter and chat template."""
+    from wrapper.launch.train import read_config
+
+    meta = runs.read_meta(run_dir)
+    if meta.status != "succeeded":
+        raise LaunchError(
+            f"Run {meta.name!r} is {meta.status}, not succeeded; only a finished run has an adapter to "
+            f"serve (see `lfwrap runs show {meta.name}`)."
+        )
+    config = read_config(run_dir)
+    adapter = meta.output_dir if config.get("finetuning_type", "lora") == "lora" else None
+    model = meta.output_dir if adapter is None else str(config["model_name_or_path"])
+    return infer_config(model, adapter=adapter, template=config.get("template"), sets=sets)
+
+
+def _wait_ready(url: str, api_key: str | None, alive: Callable[[], bool], log_path: Path,
+                timeout: float) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+            reason = "; ".join(error_lines(text)) or "no output"
+            raise LaunchError(f"The API server exited before answering ({reason}); full log: {log_path}.")
+        try:
+            if httpx.get(f"{url}/v1/models", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise LaunchError(f"The API server did not answer at {url} within {timeout:.0f} s; see {log_path}.")
+
+
+def start_api_server(
+    config: dict[str, Any],
+    *,
+    config_path: Path,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    model_name: str | None = None,
+    api_key: str | None = None,
+    backend: str = "local",
+    timeout: float = READY_TIMEOUT,
+) -> ServerHandle:
+    """Write `config` to `config_path`, start `llamafactory-cli api` on it, wait until it answers."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = config_path.with_suffix(".log")
+    env = {"API_HOST": host if backend == "local" else "0.0.0.0", "API_PORT": str(port)}
+    if model_name:
+        env["API_MODEL_NAME"] = model_name
+    if api_key:
+        env["API_KEY"] = api_key
+    url = f"http://{host}:{port}"
+    if backend == "docker":
+        handle = _start_docker(config, config_path, log_path, env, port, host)
+        alive: Callable[[], bool] = lambda: True  # noqa: E731 - the container's end shows in its logs
+        stop = handle
+    else:
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        process = spawn([llamafactory_cli(), "api", config_path.name], cwd=config_path.parent,
+                        log_path=log_path, env=env)
+        alive = lambda: process.poll() is None  # noqa: E731
+        stop = lambda: stop_group(process)  # noqa: E731
+    server = ServerHandle(url=url, log_path=log_path, api_key=api_key, _stop=stop, _alive=alive)
+    try:
+        _wait_ready(url, api_key, alive, log_path, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _start_docker(config: dict[str, Any], config_path: Path, log_path: Path, env: dict[str, str],
+                  port: int, host: str) -> Callable[[], None]:
+    import threading
+
+    from wrapper.launch.docker_backend import (
+        DockerOptions,
+        Mount,
+        container_config,
+        effective_mounts,
+        start_container,
+    )
+
+    folder = config_path.parent
+    options = DockerOptions(ports={int(env["API_PORT"]): port}, bind_address=host)
+    mounts = []
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        value = str(config.get(key) or "")
+        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
+            mounts.append(Mount(Path(value), f"/app/models/{key}", read_only=True))
+    all_mounts = effective_mounts(run_dir=folder, options=options, mounts=mounts)
+    inside = container_config(config, all_mounts)
+    config_path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    handle = start_container(run_dir=folder, command=["llamafactory-cli", "api", config_path.name],
+                             options=options, env=env, mounts=mounts)
+    log = log_path.open("ab")
+
+    def sink(chunk: bytes) -> None:
+        log.write(chunk)
+        log.flush()
+
+    threading.Thread(target=handle.stream_logs, args=(sink,), daemon=True).start()
+
+    def stop() -> None:
+        handle.stop()
+        handle.remove()
+        log.close()
+
+    return stop
+
+
+def serve_run(name: str, *, sets: tuple[str, ...] = (), **kwargs: Any) -> ServerHandle:
+    """Serve a finished training run's adapter; see start_api_server for the keyword arguments."""
+    run_dir = runs.find_run(name)
+    return start_api_server(run_infer_config(run_dir, sets), config_path=run_dir / "serve.yaml", **kwargs)
+
+
+def serve_model(model: str, *, template: str | None = None, sets: tuple[str, ...] = (),
+                **kwargs: Any) -> ServerHandle:
+    """Serve a model folder or hub id (e.g. an exported run) without an adapter."""
+    port = kwargs.get("port", 8000)
+    config = infer_config(model, template=template, sets=sets)
+    return start_api_server(config, config_path=home() / "serve" / f"serve-{port}.yaml", **kwargs)

@@ -184,3 +184,13 @@ def test_effective_columns_name_every_field_llamafactory_would_otherwise_drop():
         "system": "system", "kto_tag": "kto_tag"}
     ranked = effective_columns("alpaca", True, {}, seen)
     assert ranked["chosen"] == "chosen" and ranked["rejected"] == "rejected"
+
+
+def test_re_adding_with_another_suffix_replaces_the_old_file(tmp_path: Path):
+    columns = {"prompt": "question", "response": "answer"}
+    first = add_dataset("qa", FIXTURES / "qa_custom.jsonl", columns=columns)
+    as_json = tmp_path / "qa.json"
+    as_json.write_text(json.dumps([{"instruction": "q", "output": "a"}]))
+    second = add_dataset("qa", as_json)
+    assert not first.path.exists() and second.path.name == "qa.json"
+    assert read_dataset_info(second.dataset_dir / "dataset_info.json")["qa"]["file_name"] == "qa.json"

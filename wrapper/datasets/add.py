@@ -123,7 +123,12 @@ def add_dataset(name: str, source: Path, *, formatting: str = "alpaca", ranking:
         description=description,
         rows=report.rows,
     )
+    previous = user_registry().get(name)
     dataset_dir = register(name, entry)
+    if previous is not None and previous.file != target.name:  # re-added with another suffix
+        stale = (folder / previous.file).resolve()
+        if stale.parent == folder:
+            stale.unlink(missing_ok=True)
     return Added(name=name, path=target, report=report, dataset_dir=dataset_dir)
 
 

@@ -9,7 +9,8 @@ Knobs for the error paths: `images` (what is "on the machine"), `pull_error` (th
 to a pull), `gpu_runtime` (False: starting a container with a DeviceRequest fails the way dockerd
 does without the NVIDIA runtime), `exit_code` and `log_frames` (what the "container" prints), and
 `hold` (keep the container running until it is stopped), `on_wait` (a hook run when the SDK starts
-waiting, e.g. to deliver Ctrl-C at that moment).
+waiting, e.g. to deliver Ctrl-C at that moment) and `on_start` (plays the container's work, e.g. writes
+what LLaMA-Factory would write into the mounted run directory).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class EngineStandIn:
         self.log_frames: list[tuple[int, bytes]] = []  # (1 stdout | 2 stderr, data)
         self.hold = False
         self.on_wait: Callable[[], None] | None = None  # called once when a wait request arrives
+        self.on_start: Callable[[Container], None] | None = None  # plays the container's work
         self.containers: dict[str, Container] = {}
         self._lock = threading.Lock()
         self._server: _UnixHTTPServer | None = None
@@ -239,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if container.config.get("HostConfig", {}).get("DeviceRequests") and not engine.gpu_runtime:
                     return self._error(500, GPU_ERROR)
                 container.running = True
+                if engine.on_start is not None:
+                    engine.on_start(container)
                 if not engine.hold:
                     container.exit_code = engine.exit_code
                     container.running = False

@@ -6,6 +6,7 @@ a unix socket and records every request; DOCKER_HOST points the SDK at it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import tempfile
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from engine_standin import GPU_ERROR, EngineStandIn
 
 from wrapper.errors import LaunchError
@@ -325,3 +327,55 @@ def test_redacted_spec_hides_the_token(layout, monkeypatch):
     shown = redact_spec(spec)
     assert shown["Env"] == ["HF_TOKEN=***"]
     assert "hf_secret_value" not in repr(shown)
+
+
+def _play_llamafactory(container) -> None:
+    """What LLaMA-Factory would leave in the mounted run directory after two steps."""
+    [run_mount] = [m for m in container.config["HostConfig"]["Mounts"] if m["Target"] == "/app/run"]
+    output = Path(run_mount["Source"]) / "output"
+    output.mkdir()
+    lines = [{"current_steps": step, "total_steps": 2, "loss": 2.0 - step / 2, "percentage": step * 50.0,
+              "elapsed_time": "0:00:01", "remaining_time": "0:00:00"} for step in (1, 2)]
+    (output / "trainer_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (output / "adapter_model.safetensors").write_bytes(b"stand-in")
+
+
+def test_standin_lfwrap_train_backend_docker(engine, lfwrap, lfwrap_home, tmp_path):
+    """`lfwrap train --backend docker` end to end against the stand-in: spec, config paths, cleanup."""
+    engine.images.add(DEFAULT_IMAGE)
+    engine.log_frames = [(1, b"[INFO] training in the container\n")]
+    engine.on_start = _play_llamafactory
+    model = lfwrap_home / "models" / "tiny-llama"
+    model.mkdir(parents=True)
+    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
+                    "--backend", "docker", "--gpus", "0,1", "--nproc-per-node", "2", "--deepspeed", "z2",
+                    "--name", "dock1", env={"DOCKER_HOST": engine.url, "HF_TOKEN": "hf_secret_value"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hf_secret_value" not in result.stdout + result.stderr
+
+    run_dir = lfwrap_home / "runs" / "dock1"
+    [body] = engine.bodies("POST", "/containers/create")
+    assert body["Image"] == DEFAULT_IMAGE
+    assert body["Cmd"][:2] == ["llamafactory-cli", "train"]
+    assert body["Labels"] == {"lfwrap.run": "dock1"}
+    assert body["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == ["0", "1"]
+    assert body["HostConfig"]["IpcMode"] == "host" and body["HostConfig"]["Privileged"] is False
+    env = dict(item.split("=", 1) for item in body["Env"])
+    assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "2"
+    assert env["HF_TOKEN"] == "hf_secret_value"
+    assert "CUDA_VISIBLE_DEVICES" not in env  # the DeviceRequest picks the GPUs
+    mounts = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in body["HostConfig"]["Mounts"]}
+    assert mounts["/app/run"] == (str(run_dir.resolve()), False)
+    assert mounts["/app/models/tiny-llama"] == (str(model.resolve()), True)
+    for target, (source, _) in mounts.items():  # nothing but lfwrap's folders and the HF cache
+        assert target == "/root/.cache/huggingface" or Path(source).is_relative_to(lfwrap_home.resolve())
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert config["deepspeed"] == "/app/run/ds_z2.json" and (run_dir / "ds_z2.json").is_file()
+    assert config["model_name_or_path"] == "/app/models/tiny-llama"
+    assert config["output_dir"].startswith("/app/run/")
+    assert "training in the container" in (run_dir / "train.log").read_text(encoding="utf-8")
+    meta = json.loads((run_dir / "meta.json").read_text(encoding="utf-8"))
+    assert meta["status"] == "succeeded" and meta["exit_code"] == 0
+    assert ("DELETE", f"/containers/{meta['container_id']}") in engine.calls()
+    assert engine.containers == {}

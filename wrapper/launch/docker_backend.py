@@ -119,7 +119,7 @@ def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) ->
                 f"$LFWRAP_HOME ({home()}), the bundled datasets and the Hugging Face cache may be mounted; "
                 f"move the files under $LFWRAP_HOME."
             )
-        if not source.exists():
+        if not source.exists() and mount.target != CONTAINER_HF_HOME:  # the cache is created at start
             raise LaunchError(f"Cannot mount {mount.source} into the container: it does not exist.")
         if not mount.target.startswith("/"):
             raise LaunchError(f"Mount target {mount.target!r} must be an absolute path inside the container.")
@@ -354,6 +354,8 @@ def start_container(
     import docker
 
     spec = container_spec(run_dir=run_dir, command=command, options=options, env=env, mounts=mounts)
+    if options.hf_cache is not None:
+        options.hf_cache.expanduser().mkdir(parents=True, exist_ok=True)
     client = connect(options)
     ensure_image(client, options)
     name = container_name(run_dir)

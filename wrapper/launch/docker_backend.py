@@ -29,7 +29,7 @@ from wrapper.errors import LaunchError
 from wrapper.home import bundled_datasets_dir, home
 
 if TYPE_CHECKING:
-    import docker
+    from docker.client import DockerClient
 
 DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
 CONTAINER_RUN_DIR = "/app/run"
@@ -230,40 +230,42 @@ def _engine_message(exc: Exception) -> str:
     return str(explanation or exc).strip()
 
 
-def connect(options: DockerOptions) -> docker.DockerClient:
+def connect(options: DockerOptions) -> DockerClient:
     """A client for the engine (DOCKER_HOST honoured); LaunchError if it does not answer."""
-    import docker
+    from docker.client import DockerClient
+    from docker.errors import DockerException
 
     url = engine_url(options)
     try:
         if options.base_url:
-            client = docker.DockerClient(base_url=options.base_url, version="auto")
+            client = DockerClient(base_url=options.base_url, version="auto")
         else:
-            client = docker.from_env()
+            client = DockerClient.from_env()
         client.ping()
-    except docker.errors.DockerException as exc:
+    except DockerException as exc:
         raise LaunchError(
             f"Docker engine not reachable at {url}; start Docker or set DOCKER_HOST, or use --backend local."
         ) from exc
     return client
 
 
-def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
+def ensure_image(client: DockerClient, options: DockerOptions) -> None:
     """Make sure the image is on the engine, pulling it once when absent and allowed."""
-    import docker
+    from docker.errors import APIError, ImageNotFound
+    from docker.utils import parse_repository_tag
 
     try:
         client.api.inspect_image(options.image)
         return
-    except docker.errors.ImageNotFound:
+    except ImageNotFound:
         pass
-    except docker.errors.APIError as exc:
+    except APIError as exc:
         raise LaunchError(f"Docker could not inspect image {options.image}: {_engine_message(exc)}.") from exc
     if not options.pull:
         raise LaunchError(
             f"Docker image {options.image} is not on this machine; run `docker pull {options.image}`."
         )
-    repository, tag = docker.utils.parse_repository_tag(options.image)
+    repository, tag = parse_repository_tag(options.image)
     reason = ""
     try:
         for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
@@ -271,7 +273,7 @@ def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
                 reason = str(event["error"])
         client.api.inspect_image(options.image)
         return
-    except docker.errors.APIError as exc:
+    except APIError as exc:
         reason = reason or _engine_message(exc)
     raise LaunchError(
         f"Docker image {options.image} is absent and pulling it failed ({reason}); check the name and "
@@ -282,18 +284,18 @@ def ensure_image(client: docker.DockerClient, options: DockerOptions) -> None:
 class DockerHandle:
     """A created and started container; remove() it when done (run() does all of it)."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, name: str):
+    def __init__(self, client: DockerClient, container_id: str, name: str):
         self.client = client
         self.id = container_id
         self.name = name
 
     def wait(self) -> int:
         """Block until the container exits; its exit code."""
-        import docker
+        from docker.errors import DockerException
 
         try:
             result = self.client.api.wait(self.id, timeout=None)
-        except docker.errors.DockerException as exc:
+        except DockerException as exc:
             raise LaunchError(
                 f"Lost the container {self.name} while waiting for it: {_engine_message(exc)}."
             ) from exc
@@ -301,30 +303,30 @@ class DockerHandle:
 
     def stream_logs(self, sink: Callable[[bytes], None]) -> None:
         """Pass stdout and stderr chunks to `sink` until the container ends."""
-        import docker
+        from docker.errors import NotFound
 
         try:
             for chunk in self.client.api.logs(self.id, stdout=True, stderr=True, stream=True, follow=True):
                 sink(chunk)
-        except docker.errors.NotFound:
+        except NotFound:
             return
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the container (SIGTERM, then SIGKILL after `timeout` seconds)."""
-        import docker
+        from docker.errors import NotFound
 
         try:
             self.client.api.stop(self.id, timeout=int(timeout))
-        except docker.errors.NotFound:
+        except NotFound:
             return
 
     def remove(self) -> None:
         """Remove the container (idempotent)."""
-        import docker
+        from docker.errors import NotFound
 
         try:
             self.client.api.remove_container(self.id, force=True)
-        except docker.errors.NotFound:
+        except NotFound:
             return
 
     def run(self, sink: Callable[[bytes], None], stop_timeout: float = 10) -> int:
@@ -351,7 +353,7 @@ def start_container(
     mounts: list[Mount],
 ) -> DockerHandle:
     """Create and start the container for this run; LaunchError with one sentence on any failure."""
-    import docker
+    from docker.errors import APIError
 
     spec = container_spec(run_dir=run_dir, command=command, options=options, env=env, mounts=mounts)
     if options.hf_cache is not None:
@@ -361,7 +363,7 @@ def start_container(
     name = container_name(run_dir)
     try:
         created = client.api.create_container_from_config(spec, name=name)
-    except docker.errors.APIError as exc:
+    except APIError as exc:
         if exc.status_code == 409:
             raise LaunchError(
                 f"A container named {name} already exists; remove it with `docker rm -f {name}` and retry."
@@ -370,7 +372,7 @@ def start_container(
     handle = DockerHandle(client, created["Id"], name)
     try:
         client.api.start(handle.id)
-    except docker.errors.APIError as exc:
+    except APIError as exc:
         handle.remove()
         message = _engine_message(exc)
         if any(hint in message for hint in _GPU_DRIVER_HINTS):

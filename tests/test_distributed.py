@@ -88,6 +88,8 @@ def test_docker_backend_leaves_gpu_choice_to_the_container(tmp_path, lfwrap_home
     inside = container_config(config, mounts)
     assert inside["deepspeed"] == "/app/run/ds_z3.json"
     assert inside["output_dir"] == "/app/run/output"
+    assert DistributedOptions().docker_network() is None
+    assert DistributedOptions(nnodes=2, master_addr="10.0.0.1").docker_network() == "host"
     assert DistributedOptions().docker_gpus() == "all"
     assert DistributedOptions(gpus=[]).docker_gpus() is None
 

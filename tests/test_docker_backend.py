@@ -379,3 +379,18 @@ def test_standin_lfwrap_train_backend_docker(engine, lfwrap, lfwrap_home, tmp_pa
     assert meta["status"] == "succeeded" and meta["exit_code"] == 0
     assert ("DELETE", f"/containers/{meta['container_id']}") in engine.calls()
     assert engine.containers == {}
+
+
+def test_standin_hf_cache_created_and_mounted(engine, layout, tmp_path):
+    engine.images.add(DEFAULT_IMAGE)
+    cache = tmp_path / "fresh" / "huggingface"
+    spec = container_spec(run_dir=layout["run_dir"], command=COMMAND,
+                          options=DockerOptions(gpus=None, hf_cache=cache), env={}, mounts=[])
+    assert not cache.exists()  # showing the spec (--dry-run) creates nothing
+    assert {"Target": "/root/.cache/huggingface", "Source": str(cache.resolve()), "Type": "bind",
+            "ReadOnly": False} in spec["HostConfig"]["Mounts"]
+    _start(layout, DockerOptions(gpus=None, hf_cache=cache, network="host")).run(lambda chunk: None)
+    assert cache.is_dir()
+    [body] = engine.bodies("POST", "/containers/create")
+    assert body["HostConfig"]["NetworkMode"] == "host"
+    assert "HF_HOME=/root/.cache/huggingface" in body["Env"]

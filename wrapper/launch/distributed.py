@@ -77,6 +77,10 @@ class DistributedOptions:
             return "all"
         return list(self.gpus) or None
 
+    def docker_network(self) -> str | None:
+        """The container network: the host's when several machines must reach each other's torchrun."""
+        return "host" if self.nnodes > 1 else None
+
     def check(self) -> None:
         """Raise UsageError naming the first combination that cannot work."""
         if self.nnodes < 1:
@@ -197,9 +201,9 @@ def distributed_options(command: F) -> F:
         click.option("--gpus", metavar="all|none|IDS",
                      help="GPUs to use: all, none (CPU) or ids such as 0,1 (CUDA_VISIBLE_DEVICES or the "
                           "container's GPU request)."),
-        click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
                      help="Number of machines taking part (torchrun NNODES)."),
-        click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, metavar="RANK",
                      help="This machine's rank, 0 to nnodes-1 (torchrun NODE_RANK)."),
         click.option("--master-addr", metavar="HOST",
                      help="Address of the rank-0 machine; required with --nnodes > 1 (MASTER_ADDR)."),

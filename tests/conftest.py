@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures_models import *  # noqa: F401,F403  (tiny_model, identity_adapter)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,8 +20,13 @@ def lfwrap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     return home
 
 
-def run_lfwrap(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 600,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_lfwrap(
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 600,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `lfwrap` entry point in a subprocess (same interpreter), capturing output."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
@@ -28,11 +34,11 @@ def run_lfwrap(*args: str, env: dict[str, str] | None = None, check: bool = Fals
         capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"lfwrap {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        command = " ".join(args)
+        raise AssertionError(f"lfwrap {command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 @pytest.fixture
 def lfwrap():
     return run_lfwrap
-from fixtures_models import *  # noqa: F401,F403

@@ -20,12 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("wrapper.cli.render_cmd:render", "Render a template to a validated LLaMA-Factory YAML."),
     "validate": ("wrapper.cli.validate_cmd:validate", "Check any LLaMA-Factory YAML before launching it."),
     "data": ("wrapper.cli.data_cmd:data", "Check, register, list and fill datasets."),
-    "demo-model": ("wrapper.cli.demo_model_cmd:demo_model", "Build the tiny demo Llama locally (no download)."),
+    "demo-model": ("wrapper.cli.demo_model_cmd:demo_model", "Build the tiny demo Llama (no download)."),
     "train": ("wrapper.cli.train_cmd:train", "Render, validate, launch and follow a training run."),
     "runs": ("wrapper.cli.runs_cmd:runs", "List, inspect, follow and cancel runs."),
     "export": ("wrapper.cli.export_cmd:export", "Merge a run's LoRA adapter into a standalone model."),
     "serve": ("wrapper.cli.serve_cmd:serve", "Serve a run or model with LLaMA-Factory's API server."),
-    "gateway": ("wrapper.cli.gateway_cmd:gateway", "Run the OpenAI-compatible gateway in front of API servers."),
+    "gateway": ("wrapper.cli.gateway_cmd:gateway", "OpenAI-compatible gateway in front of API servers."),
     "keys": ("wrapper.cli.keys_cmd:keys", "Create, list and revoke gateway API keys."),
     "webui": ("wrapper.cli.webui_cmd:webui", "Start LLaMA-Factory's web UI with lfwrap's datasets."),
 }
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
             raise
-        click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        name = type(exc).__name__
+        click.echo(f"Error: unexpected {name}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
 
 

@@ -193,14 +193,26 @@ def start_local(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> WebUI:
     log = workdir / "webui.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [cli, "webui"], cwd=workdir, env=local_env(host, port), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            [cli, "webui"],
+            cwd=workdir,
+            env=local_env(host, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return WebUI(url=_url(host, port), backend="local", log=log, process=process)
 
 
 def docker_spec(
-    *, image: str, host: str, port: int, data_dir: Path, bundled_dir: Path, saves: Path, hf_cache: Path,
+    *,
+    image: str,
+    host: str,
+    port: int,
+    data_dir: Path,
+    bundled_dir: Path,
+    saves: Path,
+    hf_cache: Path,
     gpus: bool = True,
 ) -> dict[str, Any]:
     """Keyword arguments for docker's `containers.run` that start LLaMA Board like the compose `webui`."""
@@ -234,8 +246,9 @@ def docker_spec(
     return spec
 
 
-def start_docker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, image: str = DEFAULT_IMAGE,
-                 gpus: bool = True) -> WebUI:
+def start_docker(
+    host: str = "127.0.0.1", port: int = DEFAULT_PORT, image: str = DEFAULT_IMAGE, gpus: bool = True
+) -> WebUI:
     """Start LLaMA Board in a container with the portable data folder, saves and the HF cache mounted."""
     import docker.errors
 
@@ -246,17 +259,26 @@ def start_docker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, image: str =
     export_data_dir(data_dir)
     hf_cache = default_hf_cache()
     hf_cache.mkdir(parents=True, exist_ok=True)
-    spec = docker_spec(image=image, host=host, port=port, data_dir=data_dir,
-                       bundled_dir=lfhome.bundled_datasets_dir().resolve(), saves=saves_dir(),
-                       hf_cache=hf_cache, gpus=gpus)
+    spec = docker_spec(
+        image=image,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        bundled_dir=lfhome.bundled_datasets_dir().resolve(),
+        saves=saves_dir(),
+        hf_cache=hf_cache,
+        gpus=gpus,
+    )
     options = DockerOptions(image=image)
     client = connect(options)
     ensure_image(client, options)
     try:
         container = client.containers.run(**spec)
     except docker.errors.DockerException as exc:
-        raise LaunchError(f"Docker could not start the web UI container from {image}: {exc}; "
-                          "check the engine's message above and the image name.") from None
+        raise LaunchError(
+            f"Docker could not start the web UI container from {image}: {exc}; "
+            "check the engine's message above and the image name."
+        ) from None
     return WebUI(url=_url(host, port), backend="docker", container=container)
 
 

@@ -26,16 +26,26 @@ Examples:
 
 
 @click.command(help=HELP)
-@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
-              help="Run LLaMA-Factory here or in its Docker image.")
-@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
-              help="Port to listen on.")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "docker"]),
+    default="local",
+    show_default=True,
+    help="Run LLaMA-Factory here or in its Docker image.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--image", default=None,
-              help="Docker backend: LLaMA-Factory image [default: hiyouga/llamafactory:latest].")
+@click.option(
+    "--image",
+    default=None,
+    help="Docker backend: LLaMA-Factory image [default: hiyouga/llamafactory:latest].",
+)
 @click.option("--gpus/--no-gpus", default=True, show_default=True, help="Docker backend: request all GPUs.")
-@click.option("--timeout", type=float, default=300.0, show_default=True,
-              help="Seconds to wait for the UI to answer.")
+@click.option(
+    "--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the UI to answer."
+)
 def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, timeout: float) -> None:
     from wrapper import webui as lib
     from wrapper.errors import LaunchError, UsageError

@@ -65,6 +65,7 @@ class EngineStandIn:
         self.images: set[str] = set()
         self.pull_error: tuple[int, str] | None = None  # (status, message) answered to a pull
         self.gpu_runtime = True
+        self.start_error: tuple[int, str] | None = None  # (status, message) answered to a start
         self.exit_code = 0
         self.log_frames: list[tuple[int, bytes]] = []  # (1 stdout | 2 stderr, data)
         self.hold = False
@@ -240,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
             if action == "start":
                 if container.config.get("HostConfig", {}).get("DeviceRequests") and not engine.gpu_runtime:
                     return self._error(500, GPU_ERROR)
+                if engine.start_error is not None:
+                    return self._error(*engine.start_error)
                 container.running = True
                 if engine.on_start is not None:
                     engine.on_start(container)

@@ -211,6 +211,25 @@ def test_standin_no_gpu_runtime(engine, layout):
     assert engine.containers == {}
 
 
+@pytest.mark.parametrize("message,expected", [
+    ("failed to create task for container: nvidia-container-cli: initialization error: nvml error: "
+     "driver not loaded: unknown",
+     "Docker has no GPU runtime (failed to create task for container: nvidia-container-cli: initialization "
+     "error: nvml error: driver not loaded: unknown); install the NVIDIA Container Toolkit, or run on the "
+     "CPU with --gpus none."),
+    ("error while creating mount source path '/x': mkdir /x: read-only file system",
+     "Docker could not start the container: error while creating mount source path '/x': mkdir /x: "
+     "read-only file system."),
+])
+def test_standin_start_errors(engine, layout, message, expected):
+    engine.images.add(DEFAULT_IMAGE)
+    engine.start_error = (500, message)
+    with pytest.raises(LaunchError) as info:
+        _start(layout, DockerOptions(gpus=None))
+    assert str(info.value) == expected
+    assert engine.containers == {}  # the created container was removed
+
+
 def test_standin_engine_unreachable(monkeypatch, layout):
     monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/lfwrap-no-such-dir/docker.sock")
     with pytest.raises(LaunchError) as info:

@@ -39,7 +39,7 @@ CONTAINER_HF_HOME = "/root/.cache/huggingface"
 RUN_LABEL = "lfwrap.run"
 PASSTHROUGH_ENV = ("HF_ENDPOINT", "HF_TOKEN")
 SECRET_ENV = ("HF_TOKEN",)
-_GPU_DRIVER_HINTS = ('could not select device driver "nvidia"', "nvidia-container-cli", "unknown runtime")
+_GPU_DRIVER_HINTS = ("could not select device driver", "nvidia-container-cli", "unresolvable CDI devices")
 
 Gpus = Literal["all"] | list[str] | None
 

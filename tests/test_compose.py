@@ -161,14 +161,14 @@ def test_volumes(resolved) -> None:
     services = resolved["services"]
     for name in ("webui", "train"):
         mounts = _mounts(services[name])
-        assert mounts["/app/data"]["source"] == "./docker/data" and mounts["/app/data"]["read_only"]
+        assert mounts["/app/data"]["source"] == "./compose/data" and mounts["/app/data"]["read_only"]
         bundled = mounts["/app/data/bundled"]
         assert bundled["source"] == "./datasets" and bundled["read_only"]
         assert mounts["/app/saves"]["source"] == "./outputs" and not mounts["/app/saves"].get("read_only")
         assert mounts["/root/.cache/huggingface"]["source"] == "./hf_cache"
-    assert _mounts(services["train"])["/app/config/train.yaml"]["source"] == "./docker/train.yaml"
+    assert _mounts(services["train"])["/app/config/train.yaml"]["source"] == "./compose/train.yaml"
     api = _mounts(services["api"])
-    assert api["/app/config/infer.yaml"]["source"] == "./docker/infer.yaml"
+    assert api["/app/config/infer.yaml"]["source"] == "./compose/infer.yaml"
     assert api["/app/saves"]["source"] == "./outputs" and api["/app/saves"]["read_only"]
     assert "/root/.cache/huggingface" in api
     assert services["gateway"]["volumes"] == ["gateway-data:/data"]
@@ -176,9 +176,9 @@ def test_volumes(resolved) -> None:
     # Every committed file or folder mounted by default exists, and the data folder has the mount point.
     for service in services.values():
         for volume in service["volumes"]:
-            if isinstance(volume, dict) and volume["source"].startswith(("./docker/", "./datasets")):
+            if isinstance(volume, dict) and volume["source"].startswith(("./compose/", "./datasets")):
                 assert (ROOT / volume["source"]).exists(), volume["source"]
-    assert (ROOT / "docker" / "data" / "bundled").is_dir()
+    assert (ROOT / "compose" / "data" / "bundled").is_dir()
     assert (ROOT / "datasets" / "identity.json").is_file()
 
 
@@ -285,7 +285,7 @@ def test_api_healthcheck_command_really_checks_the_key(resolved, models_server) 
 def _load_render_script() -> Any:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("docker_render", ROOT / "docker" / "render.py")
+    spec = importlib.util.spec_from_file_location("docker_render", ROOT / "compose" / "render.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -300,21 +300,21 @@ def test_committed_stack_files_are_what_render_produces(tmp_path: Path) -> None:
         "data/dataset_info.json", "infer.yaml", "train.yaml",
     ]
     for path in written:
-        committed = ROOT / "docker" / path.relative_to(tmp_path)
+        committed = ROOT / "compose" / path.relative_to(tmp_path)
         assert committed.read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), (
-            f"{committed} is stale; run `python docker/render.py` and commit the result"
+            f"{committed} is stale; run `python compose/render.py` and commit the result"
         )
 
 
 def test_stack_files_fit_together_inside_the_container() -> None:
-    info = json.loads((ROOT / "docker" / "data" / "dataset_info.json").read_text(encoding="utf-8"))
+    info = json.loads((ROOT / "compose" / "data" / "dataset_info.json").read_text(encoding="utf-8"))
     assert {"identity", "alpaca_demo", "sharegpt_demo", "dpo_demo", "kto_demo"} <= set(info)
     for name, entry in info.items():
         # /app/data/bundled/X is ./datasets/X on the host.
         assert entry["file_name"].startswith("bundled/"), name
         assert (ROOT / "datasets" / entry["file_name"].removeprefix("bundled/")).is_file(), name
-    train = yaml.safe_load((ROOT / "docker" / "train.yaml").read_text(encoding="utf-8"))
-    infer = yaml.safe_load((ROOT / "docker" / "infer.yaml").read_text(encoding="utf-8"))
+    train = yaml.safe_load((ROOT / "compose" / "train.yaml").read_text(encoding="utf-8"))
+    infer = yaml.safe_load((ROOT / "compose" / "infer.yaml").read_text(encoding="utf-8"))
     assert train["dataset_dir"] == "data" and train["dataset"] in info  # /app/data from working dir /app
     assert train["output_dir"].startswith("saves/")  # /app/saves = the persistent outputs
     assert infer["adapter_name_or_path"] == train["output_dir"]
@@ -325,7 +325,7 @@ def test_stack_files_fit_together_inside_the_container() -> None:
 def test_render_script_takes_overrides_and_refuses_unknown_keys(tmp_path: Path) -> None:
     out = tmp_path / "stack"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "docker" / "render.py"), "--out", str(out), "--run", "conch",
+        [sys.executable, str(ROOT / "compose" / "render.py"), "--out", str(out), "--run", "conch",
          "--set", "num_train_epochs=5"], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -333,7 +333,7 @@ def test_render_script_takes_overrides_and_refuses_unknown_keys(tmp_path: Path) 
     assert train["num_train_epochs"] == 5
     assert train["output_dir"] == "saves/Qwen2.5-0.5B-Instruct/lora/conch"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "docker" / "render.py"), "--out", str(out), "--set", "num_train_epoch=5"],
+        [sys.executable, str(ROOT / "compose" / "render.py"), "--out", str(out), "--set", "num_train_epoch=5"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1

@@ -6,10 +6,10 @@
     train.yaml              the `train` service's config (sft_lora), writing to saves/ (= ./outputs)
     infer.yaml              the `api` service's config: the base model plus the adapter train.yaml produces
 
-The committed copies in docker/ are this script's output on a fresh $LFWRAP_HOME (a test keeps them so).
+The committed copies in compose/ are this script's output on a fresh $LFWRAP_HOME (a test keeps them so).
 After `lfwrap data identity ...` or with other settings, render your own and point .env at them:
 
-    python docker/render.py --out my-stack --set num_train_epochs=5 --set learning_rate=2e-4
+    python compose/render.py --out my-stack --set num_train_epochs=5 --set learning_rate=2e-4
     # .env: LFWRAP_DATA_DIR=./my-stack/data LFWRAP_TRAIN_CONFIG=./my-stack/train.yaml
     #       LFWRAP_INFER_CONFIG=./my-stack/infer.yaml
 """
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_CHAT_TEMPLATE = "qwen"
 DEFAULT_RUN = "lfwrap_sft"
-HEADER = "# Rendered by `python docker/render.py` for docker-compose.yml; paths are relative to /app.\n"
+HEADER = "# Rendered by `python compose/render.py` for docker-compose.yml; paths are relative to /app.\n"
 
 
 @contextlib.contextmanager
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=HERE, help="folder to write (default: docker/)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write (default: compose/)")
     parser.add_argument("--model", default=DEFAULT_MODEL, 
                         help="base model hub id or path inside the container")
     parser.add_argument("--template", default=DEFAULT_CHAT_TEMPLATE, help="chat template of the base model")

@@ -6,10 +6,13 @@ ratelimit.py   per-key requests-per-minute window
 limiter.py     per-upstream concurrency limit with a bounded FIFO queue
 checks.py      requests LLaMA-Factory would reject, answered 400 before they reach it
 oai.py         OpenAI error objects and the small ASGI response helpers
-upstream.py    the pooled aiohttp client: plain and streamed forwarding, error mapping
+httpclient.py  the hot-path HTTP/1.1 client: keep-alive pools over asyncio, parsed by httptools
+upstream.py    one route: its pool, limiter, token counter; failures mapped to OpenAI errors
 usage.py       token counts for the final usage chunk (tokenizer.json when available)
 metrics.py     Prometheus text exposition
 accesslog.py   one line per request: id, key id, model, status, latency, bytes
 app.py         the ASGI app: a lean hot path for chat and score, FastAPI for the rest
+small.py       FastAPI for the small endpoints: models, healthz, readyz, metrics, docs
 server.py      uvicorn with graceful shutdown
+standin.py     a fast LLaMA-Factory API stand-in for the tests and the benchmark
 """

@@ -1,7 +1,8 @@
 """The gateway's ASGI app.
 
 The two proxied endpoints (POST /v1/chat/completions, POST /v1/score/evaluation) run on a lean raw-ASGI
-path: no routing framework, no request models, orjson, one pooled aiohttp client. Everything else
+path: no routing framework, no request models, orjson, keep-alive upstream pools
+(httpclient.py). Everything else
 (/v1/models, /healthz, /readyz, /metrics, /docs) is a small FastAPI app behind it.
 """
 
@@ -10,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
-import aiohttp
 import orjson
 
+from wrapper.gateway import accesslog
 from wrapper.gateway.accesslog import log_request
 from wrapper.gateway.checks import check_chat, check_score
+from wrapper.gateway.httpclient import UpstreamError
 from wrapper.gateway.keys import KeyCache, KeyRecord
 from wrapper.gateway.limiter import QueueFull, QueueTimeout
 from wrapper.gateway.metrics import Metrics
 from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, send_response
 from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
 from wrapper.gateway.settings import GatewaySettings
-from wrapper.gateway.upstream import Upstream, new_session
+from wrapper.gateway.upstream import Upstream
 
 log = logging.getLogger("lfwrap.gateway")
 
@@ -39,7 +41,7 @@ def _request_id(value: bytes | None) -> str:
         text = value.decode("latin-1")
         if len(text) <= 128 and all(c in _SAFE_ID for c in text):
             return text
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class Disconnected(Exception):
@@ -55,7 +57,8 @@ class Gateway:
         self.metrics = Metrics()
         self.rate = RateLimiter()
         self.upstreams = {route.name: Upstream(route, self.metrics) for route in settings.models}
-        self.session: aiohttp.ClientSession | None = None
+        self.running = False
+        self._flusher: asyncio.Future[None] | None = None
         self.started = time.time()
         self._small: Any = None
 
@@ -86,13 +89,21 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
-        if self.session is None:
-            self.session = new_session()
+        self.running = True
+        self._flusher = asyncio.ensure_future(self._flush_logs())
 
     async def shutdown(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        self.running = False
+        if self._flusher is not None:
+            self._flusher.cancel()
+        accesslog.flush()
+        for upstream in self.upstreams.values():
+            upstream.close()
+
+    async def _flush_logs(self, every_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            accesslog.flush()
 
     # ---- shared checks ----------------------------------------------------------------------------
     def authenticate(self, authorization: bytes | None) -> KeyRecord | None:
@@ -254,7 +265,17 @@ class Gateway:
         send: Any,
         sent: list[int],
     ) -> int:
-        """Queue for a slot and forward, cancelling everything the moment the caller disconnects."""
+        """Take a slot (or queue for one) and forward; a caller who disconnects while queued or streaming
+        cancels everything at once, closing the upstream request."""
+        limiter = upstream.limiter
+        acquired = limiter.try_acquire()
+        if acquired and not stream:  # fast path: nothing to wait for but the upstream's answer
+            try:
+                return await self._forward_plain(
+                    upstream, path, body, data["model"], request_id, id_header, send, sent
+                )
+            finally:
+                limiter.release()
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
@@ -269,24 +290,25 @@ class Gateway:
 
         watcher = asyncio.ensure_future(watch())
         try:
-            try:
-                await upstream.limiter.acquire(upstream.route.queue_timeout)
-            except QueueFull:
-                raise ApiError(
-                    429,
-                    f"Model {upstream.name!r} is busy: {upstream.limiter.max_queue} requests are "
-                    "already waiting; retry shortly.",
-                    code="queue_full",
-                    retry_after="1",
-                ) from None
-            except QueueTimeout:
-                raise ApiError(
-                    503,
-                    f"Model {upstream.name!r} is busy: no slot freed within "
-                    f"{upstream.route.queue_timeout:g} s (queue_timeout).",
-                    code="queue_timeout",
-                    retry_after=RETRY_BUSY,
-                ) from None
+            if not acquired:
+                try:
+                    await limiter.acquire(upstream.route.queue_timeout)
+                except QueueFull:
+                    raise ApiError(
+                        429,
+                        f"Model {upstream.name!r} is busy: {limiter.max_queue} requests are "
+                        "already waiting; retry shortly.",
+                        code="queue_full",
+                        retry_after="1",
+                    ) from None
+                except QueueTimeout:
+                    raise ApiError(
+                        503,
+                        f"Model {upstream.name!r} is busy: no slot freed within "
+                        f"{upstream.route.queue_timeout:g} s (queue_timeout).",
+                        code="queue_timeout",
+                        retry_after=RETRY_BUSY,
+                    ) from None
             try:
                 if stream:
                     return await self._forward_stream(
@@ -296,7 +318,7 @@ class Gateway:
                     upstream, path, body, data["model"], request_id, id_header, send, sent
                 )
             finally:
-                upstream.limiter.release()
+                limiter.release()
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -317,28 +339,14 @@ class Gateway:
         send: Any,
         sent: list[int],
     ) -> int:
-        assert self.session is not None, "the gateway was not started (lifespan)"
-        resp = await upstream.post(self.session, path, body, request_id)
+        resp = await upstream.post(path, body, request_id)
         try:
             if resp.status != 200:
                 raise await upstream.error_from(resp)
             try:
                 raw = await resp.read()
-            except asyncio.TimeoutError:
-                upstream.metrics.upstream_error(upstream.name, "timeout")
-                raise ApiError(
-                    504,
-                    f"Model {model!r}: the upstream stopped answering for "
-                    f"{upstream.route.read_timeout:g} s (read_timeout).",
-                    code="upstream_timeout",
-                ) from None
-            except aiohttp.ClientError as exc:
-                upstream.metrics.upstream_error(upstream.name, "protocol")
-                raise ApiError(
-                    502,
-                    f"Model {model!r}: the upstream answer broke off ({exc}).",
-                    code="bad_upstream_response",
-                ) from None
+            except UpstreamError as exc:
+                raise upstream.failure(exc, started=True) from None
         finally:
             resp.close()
         try:
@@ -369,8 +377,7 @@ class Gateway:
         send: Any,
         sent: list[int],
     ) -> int:
-        assert self.session is not None, "the gateway was not started (lifespan)"
-        resp = await upstream.post(self.session, path, body, request_id)
+        resp = await upstream.post(path, body, request_id)
         if resp.status != 200:
             raise await upstream.error_from(resp)
         rewrite = StreamRewriter(data["model"], include_usage)
@@ -378,7 +385,7 @@ class Gateway:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         buffer = b""
         try:
-            async for piece in resp.content.iter_any():
+            async for piece in resp.pieces():
                 buffer += piece
                 if b"\r" in buffer:
                     buffer = buffer.replace(b"\r\n", b"\n")
@@ -391,32 +398,31 @@ class Gateway:
                     sent[0] += len(out)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             if not rewrite.done:
-                raise aiohttp.ClientPayloadError("the upstream closed the stream before [DONE]")
+                raise UpstreamError("protocol", "the upstream ended the stream before [DONE]")
             if include_usage:
-                tail = rewrite.usage_chunk(
-                    upstream.counter.usage(data["messages"], rewrite.text(), rewrite.chunks)
-                )
-                tail += b"data: [DONE]\n\n"
+                usage = upstream.counter.usage(data["messages"], rewrite.text(), rewrite.chunks)
+                tail = rewrite.usage_chunk(usage) + b"data: [DONE]\n\n"
                 sent[0] += len(tail)
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "stream"
-            upstream.metrics.upstream_error(upstream.name, kind)
-            reason = (
-                f"no data for {upstream.route.read_timeout:g} s (read_timeout)"
-                if kind == "timeout"
-                else str(exc) or exc.__class__.__name__
+        except UpstreamError as exc:
+            err = upstream.failure(exc, started=True)
+            out = (
+                b"data: "
+                + orjson.dumps(
+                    {
+                        "error": {
+                            **err.payload()["error"],
+                            "code": "upstream_stream_error",
+                            "message": f"The stream broke off: {err.message}",
+                        }
+                    }
+                )
+                + b"\n\n"
             )
-            err = ApiError(
-                502,
-                f"Model {upstream.name!r}: the upstream stream broke off: {reason}.",
-                code="upstream_stream_error",
-            )
-            out = b"data: " + err.body() + b"\n\n"
             sent[0] += len(out)
             await send({"type": "http.response.body", "body": out, "more_body": True})
         finally:
-            resp.close()  # releases nothing half-read back to the pool: the upstream request ends now
+            resp.close()  # unless read to the end: drop the connection, the upstream request ends now
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 200
 

@@ -25,6 +25,13 @@ class Limiter:
     def queued(self) -> int:
         return len(self._waiters)
 
+    def try_acquire(self) -> bool:
+        """Take a free slot if there is one and nobody is waiting."""
+        if self.in_flight < self.max_concurrency and not self._waiters:
+            self.in_flight += 1
+            return True
+        return False
+
     async def acquire(self, timeout: float) -> None:
         if self.in_flight < self.max_concurrency and not self._waiters:
             self.in_flight += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from wrapper.gateway import accesslog
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.keys import KeyCache, KeyStore
 from wrapper.gateway.settings import GatewaySettings
@@ -37,7 +38,7 @@ def run(settings: GatewaySettings, *, log_level: str = "info") -> None:
     import uvicorn
 
     if settings.access_log:
-        logging.getLogger("lfwrap.gateway.access").setLevel(logging.INFO)
+        accesslog.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     gateway = build_gateway(settings)
     config = uvicorn_config(gateway, log_level=log_level)

@@ -109,6 +109,8 @@ class ModelRoute(BaseModel):
     @field_validator("upstream_key")
     @classmethod
     def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and any(c in value.get_secret_value() for c in "\r\n\t "):
+            raise ValueError("upstream_key must not contain spaces or line breaks")
         if value is not None and is_placeholder(value.get_secret_value()):
             raise ValueError(
                 "upstream_key looks like a placeholder; set the API_KEY the upstream really uses"

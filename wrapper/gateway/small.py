@@ -79,10 +79,8 @@ def build_small_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if gateway.session is None:
-            return JSONResponse({"status": "starting", "upstreams": {}}, status_code=503)
         names = list(gateway.upstreams)
-        results = await asyncio.gather(*(gateway.upstreams[n].ready(gateway.session) for n in names))
+        results = await asyncio.gather(*(gateway.upstreams[n].ready() for n in names))
         upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
         ready = bool(names) and all(problem is None for problem in results)
         body = {"status": "ready" if ready else "not ready", "upstreams": upstreams}

@@ -1,17 +1,11 @@
-"""The upstream side: one pooled aiohttp client for every LLaMA-Factory API server.
-
-aiohttp is the hot-path client because it measured several times faster than httpx in front of the
-same stand-in (bench/bench_gateway.py); httpx stays in the CLI and the tests.
-"""
+"""The upstream side: per-route connection pools, request forwarding and the mapping of failures to
+OpenAI errors (503 down, 504 timeout, 502 bad answer; FastAPI's {"detail": ...} translated)."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-import aiohttp
 import orjson
 
+from wrapper.gateway.httpclient import Pool, Response, UpstreamError
 from wrapper.gateway.limiter import Limiter
 from wrapper.gateway.metrics import Metrics
 from wrapper.gateway.oai import ApiError
@@ -19,14 +13,6 @@ from wrapper.gateway.settings import ModelRoute
 from wrapper.gateway.usage import TokenCounter
 
 RETRY_AFTER_DOWN = "5"
-
-
-def new_session() -> aiohttp.ClientSession:
-    """One shared connection pool; the per-upstream limiters bound what goes through it."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-    )
 
 
 class Upstream:
@@ -38,57 +24,48 @@ class Upstream:
         self.metrics = metrics
         self.limiter = Limiter(route.max_concurrency, route.max_queue)
         self.counter = TokenCounter(route.name, route.tokenizer)
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout
-        )
-        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        self.pool = Pool(route.upstream, route.connect_timeout)
+        self._auth = ""
         if route.upstream_key is not None:
-            self.headers["Authorization"] = "Bearer " + route.upstream_key.get_secret_value()
+            self._auth = f"Authorization: Bearer {route.upstream_key.get_secret_value()}\r\n"
         metrics.gauges[route.name] = (lambda: self.limiter.in_flight, lambda: self.limiter.queued)
 
-    async def post(
-        self, session: aiohttp.ClientSession, path: str, body: bytes, request_id: str
-    ) -> aiohttp.ClientResponse:
-        """Send the request; map failures before any answer to 503/504/502."""
-        url = self.route.upstream + path
-        headers = {**self.headers, "x-request-id": request_id}
-        try:
-            return await session.post(url, data=body, headers=headers, timeout=self.timeout)
-        except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-            self.metrics.upstream_error(self.name, "connect")
-            raise ApiError(
+    def failure(self, exc: UpstreamError, *, started: bool = False) -> ApiError:
+        """The OpenAI error for a failed exchange with this upstream (and count it)."""
+        self.metrics.upstream_error(self.name, exc.kind)
+        where = f"Model {self.name!r}: upstream {self.route.upstream}"
+        if exc.kind == "connect" and not started:
+            return ApiError(
                 503,
-                f"Model {self.name!r} is unavailable: its upstream {self.route.upstream} does "
-                f"not answer ({exc.__class__.__name__}); start it (lfwrap serve) or retry later.",
+                f"{where} does not answer ({exc}); start it (lfwrap serve) or retry later.",
                 code="upstream_unavailable",
                 retry_after=RETRY_AFTER_DOWN,
-            ) from None
-        except asyncio.TimeoutError:
-            self.metrics.upstream_error(self.name, "timeout")
-            raise ApiError(
+            )
+        if exc.kind == "timeout":
+            return ApiError(
                 504,
-                f"Model {self.name!r}: upstream {self.route.upstream} did not answer in time "
-                f"(connect {self.route.connect_timeout:g} s, read {self.route.read_timeout:g} s).",
+                f"{where} timed out: {exc} (connect_timeout {self.route.connect_timeout:g} s, "
+                f"read_timeout {self.route.read_timeout:g} s).",
                 code="upstream_timeout",
-            ) from None
-        except aiohttp.ClientError as exc:
-            self.metrics.upstream_error(self.name, "protocol")
-            raise ApiError(
-                502,
-                f"Model {self.name!r}: bad answer from upstream {self.route.upstream} "
-                f"({exc.__class__.__name__}: {exc}).",
-                code="bad_upstream_response",
-            ) from None
+            )
+        return ApiError(502, f"{where} gave a broken answer: {exc}.", code="bad_upstream_response")
 
-    async def error_from(self, resp: aiohttp.ClientResponse) -> ApiError:
+    async def post(self, path: str, body: bytes, request_id: str) -> Response:
+        extra = f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n{self._auth}"
+        try:
+            return await self.pool.request("POST", path, body, extra, self.route.read_timeout)
+        except UpstreamError as exc:
+            raise self.failure(exc) from None
+
+    async def error_from(self, resp: Response) -> ApiError:
         """Translate a non-200 upstream answer (FastAPI's {"detail": ...}) into an OpenAI error."""
         try:
             raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except UpstreamError:
             raw = b""
         finally:
-            resp.release()
-        detail: Any = raw.decode("utf-8", "replace")[:500]
+            resp.close()
+        detail: object = raw.decode("utf-8", "replace")[:500]
         try:
             parsed = orjson.loads(raw)
             if isinstance(parsed, dict):
@@ -118,7 +95,7 @@ class Upstream:
                 429,
                 f"Model {self.name!r} is busy upstream: {detail}",
                 code="upstream_busy",
-                retry_after=resp.headers.get("Retry-After", "1"),
+                retry_after=resp.headers.get("retry-after", "1"),
             )
         if status == 503:
             return ApiError(
@@ -133,15 +110,17 @@ class Upstream:
             code="bad_upstream_response",
         )
 
-    async def ready(self, session: aiohttp.ClientSession, timeout: float = 2.0) -> str | None:
+    async def ready(self, timeout: float = 2.0) -> str | None:
         """None when the upstream lists its models, else why not."""
-        url = self.route.upstream + "/v1/models"
-        headers = {k: v for k, v in self.headers.items() if k == "Authorization"}
         try:
-            async with session.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
+            resp = await self.pool.request("GET", "/v1/models", b"", self._auth, timeout)
+            try:
                 await resp.read()
-                return None if resp.status == 200 else f"GET /v1/models answered {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+            finally:
+                resp.close()
+        except UpstreamError as exc:
+            return f"{exc.kind}: {exc}"
+        return None if resp.status == 200 else f"GET /v1/models answered {resp.status}"
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,251 @@
+"""Gateway benchmark: the same stand-in upstream measured directly and through each proxy, in one run.
+
+Targets (each its own process): the stand-in directly; nginx proxy_pass (the floor, when installed);
+the lfwrap gateway with keys, routing, metrics and access log on; a minimal Starlette + aiohttp proxy
+and a minimal FastAPI + httpx proxy (what the hot-path choice was measured against); LiteLLM's proxy
+when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm; bench only, never a
+dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
+streamed chunk timing: loadgen.py.
+
+    $ python bench/bench_gateway.py            # BENCH_SECONDS=5 per measurement
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "gateway"))
+sys.path.insert(0, str(HERE.parent))
+
+import nginx  # noqa: E402
+import wrk  # noqa: E402
+from procs import Proc, free_port, python_cmd  # noqa: E402
+
+from wrapper.gateway.keys import KeyStore  # noqa: E402
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+STREAM_REQUESTS = int(os.environ.get("BENCH_STREAM_REQUESTS", "20"))
+CHUNKS, INTERVAL_MS = 20, 10
+BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "请问你是谁"}]})
+PATH = "/v1/chat/completions"
+
+
+def litellm_binary() -> str | None:
+    for candidate in (os.environ.get("LITELLM"), "/tmp/litellm-venv/bin/litellm", shutil.which("litellm")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def measure_plain(url: str, key: str, work: Path, connections: int) -> dict[str, float]:
+    if wrk.available():
+        result = wrk.run(url, wrk.lua_script(work / "post.lua", BODY, key), connections, SECONDS)
+        return {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "rps": result.rps, "errors": result.errors}
+    out = subprocess.run(
+        python_cmd(str(HERE / "gateway" / "loadgen.py"), "plain", url, key, str(connections), str(SECONDS)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out))
+
+
+def measure_stream(url: str, key: str) -> dict[str, float]:
+    out = subprocess.run(
+        python_cmd(str(HERE / "gateway" / "loadgen.py"), "stream", url, key, str(STREAM_REQUESTS)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out))
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    home = work / "home"
+    env = {"LFWRAP_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    procs: list[Proc] = []
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        procs.append(
+            Proc(
+                "stand-in",
+                python_cmd(
+                    "-m",
+                    "wrapper.gateway.standin",
+                    "--port",
+                    str(up_port),
+                    "--chunks",
+                    str(CHUNKS),
+                    "--interval-ms",
+                    str(INTERVAL_MS),
+                ),
+                upstream + "/v1/models",
+                work / "standin.log",
+            )
+        )
+        targets: dict[str, str] = {"direct": upstream}
+
+        ng = nginx.binary()
+        if ng:
+            port = free_port()
+            conf = nginx.write_conf(work / "nginx", port, up_port)
+            procs.append(
+                Proc(
+                    "nginx",
+                    [ng, "-c", str(conf), "-p", str(work / "nginx")],
+                    f"http://127.0.0.1:{port}/v1/models",
+                    work / "nginx.log",
+                )
+            )
+            targets["nginx"] = f"http://127.0.0.1:{port}"
+
+        key = KeyStore(home / "gateway" / "keys.db").create(name="bench")[1]
+        port = free_port()
+        config = work / "gateway.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "models": [
+                        {"name": "bench", "upstream": upstream, "max_concurrency": 256, "max_queue": 1024}
+                    ],
+                }
+            )
+        )
+        procs.append(
+            Proc(
+                "gateway",
+                python_cmd(
+                    "-m", "wrapper.cli.main", "gateway", "--config", str(config), "--log-level", "warning"
+                ),
+                f"http://127.0.0.1:{port}/healthz",
+                work / "gateway.log",
+                env,
+            )
+        )
+        targets["lfwrap gateway"] = f"http://127.0.0.1:{port}"
+
+        for kind in ("starlette_aiohttp", "fastapi_httpx"):
+            port = free_port()
+            procs.append(
+                Proc(
+                    kind,
+                    python_cmd(str(HERE / "gateway" / "alt_proxies.py"), kind, upstream, str(port)),
+                    f"http://127.0.0.1:{port}/v1/models",
+                    work / f"{kind}.log",
+                )
+            )
+            targets[f"minimal {kind.replace('_', ' + ')}"] = f"http://127.0.0.1:{port}"
+
+        litellm = litellm_binary()
+        if litellm:
+            port = free_port()
+            (work / "litellm.yaml").write_text(
+                json.dumps(
+                    {
+                        "model_list": [
+                            {
+                                "model_name": "bench",
+                                "litellm_params": {
+                                    "model": "openai/bench",
+                                    "api_base": upstream + "/v1",
+                                    "api_key": "bench-upstream",
+                                },
+                            }
+                        ]
+                    }
+                )
+            )
+            try:
+                procs.append(
+                    Proc(
+                        "litellm",
+                        [
+                            litellm,
+                            "--config",
+                            str(work / "litellm.yaml"),
+                            "--port",
+                            str(port),
+                            "--host",
+                            "127.0.0.1",
+                        ],
+                        f"http://127.0.0.1:{port}/health/liveliness",
+                        work / "litellm.log",
+                    )
+                )
+                targets["LiteLLM proxy"] = f"http://127.0.0.1:{port}"
+            except RuntimeError as exc:
+                print(f"LiteLLM did not start, left out: {str(exc).splitlines()[0]}")
+
+        loader = "wrk -t1" if wrk.available() else "loadgen.py (wrk not installed)"
+        print(
+            f"load: {loader}, {SECONDS} s per measurement; "
+            f"stand-in streams {CHUNKS} chunks every {INTERVAL_MS} ms"
+        )
+        results: dict[str, dict[str, float]] = {}
+        for name, base in targets.items():
+            c1 = measure_plain(base + PATH, key, work, 1)
+            c64 = measure_plain(base + PATH, key, work, 64)
+            results[name] = {
+                "p50": c1["p50_ms"],
+                "p99": c1["p99_ms"],
+                "rps64": c64["rps"],
+                "errors": c1["errors"] + c64["errors"],
+            }
+        direct = results["direct"]
+        print(
+            f"{'in front of the stand-in':<34} {'p50 c=1':>9} {'p99 c=1':>9} {'added p50':>10} "
+            f"{'req/s c=64':>11} "
+            f"{'vs direct':>9} {'errors':>6}"
+        )
+        for name, r in results.items():
+            print(
+                f"{name:<34} {r['p50']:>7.3f}ms {r['p99']:>7.3f}ms {r['p50'] - direct['p50']:>+8.3f}ms "
+                f"{r['rps64']:>11.0f} {r['rps64'] / direct['rps64']:>8.3f}x {int(r['errors']):>6}"
+            )
+
+        s_direct = measure_stream(upstream + PATH, key)
+        s_gateway = measure_stream(targets["lfwrap gateway"] + PATH, key)
+        for name, s in (("direct", s_direct), ("lfwrap gateway", s_gateway)):
+            print(
+                f"stream {name:<16} TTFT p50 {s['ttft_p50_ms']:.3f} ms, "
+                f"chunk gap p50 {s['gap_p50_ms']:.3f} ms, "
+                f"p99 {s['gap_p99_ms']:.3f} ms, mean {s['gap_mean_ms']:.3f} ms ({int(s['chunks'])} chunks)"
+            )
+
+        gw = results["lfwrap gateway"]
+        summary = [
+            f"gateway added p50 c=1 {gw['p50'] - direct['p50']:+.3f} ms (goal <= 0.5)",
+            f"req/s c=64 {gw['rps64'] / direct['rps64']:.2f}x direct (goal >= 0.5)",
+            f"added TTFT {s_gateway['ttft_p50_ms'] - s_direct['ttft_p50_ms']:+.3f} ms",
+            f"chunk gap p50 {s_gateway['gap_p50_ms'] - s_direct['gap_p50_ms']:+.3f} ms (goal within 1)",
+        ]
+        if "nginx" in results:
+            summary.append(f"nginx {results['nginx']['rps64'] / direct['rps64']:.2f}x direct")
+        fastapi = results["minimal fastapi + httpx"]
+        summary.append(f"{gw['rps64'] / fastapi['rps64']:.1f}x fastapi+httpx req/s")
+        if "LiteLLM proxy" in results:
+            summary.append(
+                f"{gw['rps64'] / results['LiteLLM proxy']['rps64']:.0f}x LiteLLM req/s (goal >= 50)"
+            )
+        else:
+            summary.append("LiteLLM not installed")
+        print("SUMMARY " + "; ".join(summary))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Minimal proxies for comparison (bench only): what a first FastAPI gateway usually looks like.
+
+python alt_proxies.py fastapi_httpx UPSTREAM PORT
+python alt_proxies.py starlette_aiohttp UPSTREAM PORT
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+
+def fastapi_httpx(upstream: str):  # type: ignore[no-untyped-def]
+    import httpx
+    from fastapi import FastAPI, Request, Response
+
+    app = FastAPI()
+    client = httpx.AsyncClient(base_url=upstream, timeout=60)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        upstream_resp = await client.post(
+            "/v1/chat/completions", content=await request.body(), headers={"content-type": "application/json"}
+        )
+        return Response(
+            upstream_resp.content, status_code=upstream_resp.status_code, media_type="application/json"
+        )
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return Response((await client.get("/v1/models")).content, media_type="application/json")
+
+    return app
+
+
+def starlette_aiohttp(upstream: str):  # type: ignore[no-untyped-def]
+    import aiohttp
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def chat(request: Request) -> Response:
+        if "s" not in state:
+            state["s"] = aiohttp.ClientSession()
+        async with state["s"].post(
+            upstream + "/v1/chat/completions",
+            data=await request.body(),
+            headers={"content-type": "application/json"},
+        ) as resp:
+            return Response(await resp.read(), status_code=resp.status, media_type="application/json")
+
+    async def models(request: Request) -> Response:
+        return Response(b'{"object":"list","data":[]}', media_type="application/json")
+
+    return Starlette(
+        routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)]
+    )
+
+
+def main() -> None:
+    kind, upstream, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = fastapi_httpx(upstream) if kind == "fastapi_httpx" else starlette_aiohttp(upstream)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

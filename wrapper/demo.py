@@ -50,7 +50,8 @@ def prepare_identity_demo(name: str = NAME, author: str = AUTHOR) -> str:
     from wrapper.home import user_datasets_dir
 
     full = write_identity(name, author)
-    rows = [row for row in json.loads(full.read_text(encoding="utf-8")) if row.get("instruction") in DEMO_ROWS]
+    filled = json.loads(full.read_text(encoding="utf-8"))
+    rows = [row for row in filled if row.get("instruction") in DEMO_ROWS]
     path = user_datasets_dir() / f"{DEMO_DATASET}.json"
     write_atomic(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     register(DEMO_DATASET, RegistryEntry(
@@ -79,7 +80,8 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     run_dir = runs.run_path(name)
     if run_dir.exists():
         launcher.discard_run(run_dir)
-    run_dir = launcher.create_run(rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS))
+    run_dir = launcher.create_run(rendered.data, name=name, template="sft_lora",
+                                  overrides=list(DEMO_TRAIN_SETS))
     follow_in_terminal(run_dir, launcher.launch(run_dir))
     return run_dir
 
@@ -95,6 +97,20 @@ def step_ask(url: str, question: str = QUESTION) -> str:
     return str(data["choices"][0]["message"]["content"])
 
 
+def free_port(preferred: int = 8000) -> int:
+    """`preferred` when nothing listens there, else a free port the system picks."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1")
+
+
 def main() -> int:
     from wrapper.errors import LfwrapError
     from wrapper.launch.serve import serve_run
@@ -108,7 +124,7 @@ def main() -> int:
         print("3/5 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
         run_dir = step_train(model, dataset)
         print("4/5 starting LLaMA-Factory's API server ...", flush=True)
-        with serve_run(run_dir.name) as server:
+        with serve_run(run_dir.name, port=free_port()) as server:
             print(f"    serving at {server.url}", flush=True)
             print(f"5/5 asking: {QUESTION}", flush=True)
             answer = step_ask(server.url)

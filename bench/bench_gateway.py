@@ -181,6 +181,7 @@ def main() -> None:
                         ],
                         f"http://127.0.0.1:{port}/health/liveliness",
                         work / "litellm.log",
+                        {"LITELLM_MASTER_KEY": key},  # it refuses to start without one
                     )
                 )
                 targets["LiteLLM proxy"] = f"http://127.0.0.1:{port}"

@@ -1,10 +1,9 @@
 """Minimal proxies for comparison (bench only): what a first FastAPI gateway usually looks like.
+(No `from __future__ import annotations` here: FastAPI must see the real Request class.)
 
 python alt_proxies.py fastapi_httpx UPSTREAM PORT
 python alt_proxies.py starlette_aiohttp UPSTREAM PORT
 """
-
-from __future__ import annotations
 
 import sys
 

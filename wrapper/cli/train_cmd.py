@@ -165,7 +165,7 @@ def follow_in_terminal(run_dir: Path, process: object = None) -> None:
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
         TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("ETA {task.fields[eta]}"), console=console,
+        TextColumn("ETA {task.fields[eta]}"), console=console, refresh_per_second=2,
     )
     task = bar.add_task(run_dir.name, total=None, loss="-", eta="-")
 

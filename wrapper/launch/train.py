@@ -240,10 +240,11 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
     return process
 
 
-def refresh(run_dir: Path) -> runs.RunMeta:
-    """The run's meta, marking it failed when its supervisor vanished without recording an end."""
+def refresh(run_dir: Path, check_group: bool = True) -> runs.RunMeta:
+    """The run's meta, marking it failed when its supervisor vanished without recording an end
+    (`check_group`: look for its process group, a scan of /proc)."""
     meta = runs.read_meta(run_dir)
-    if meta.status == "running" and meta.pgid and not runs.group_alive(meta.pgid):
+    if check_group and meta.status == "running" and meta.pgid and not runs.group_alive(meta.pgid):
         time.sleep(POLL_SECONDS)
         meta = runs.read_meta(run_dir)
         if meta.status == "running":
@@ -260,10 +261,15 @@ def follow(
     """Wait for the run to finish, calling `on_progress` as trainer_log.jsonl grows; the result."""
     reader = TrainerLog(Path(runs.read_meta(run_dir).output_dir) / runs.TRAINER_LOG)
     last: tuple[int, int] | None = None
+    polls = 0
     while True:
         if process is not None:
             process.poll()
-        meta = refresh(run_dir)
+        # The supervisor records the end itself; looking for a vanished one costs a /proc scan, so
+        # only when it has exited (our child) or, for someone else's run, every few seconds.
+        polls += 1
+        gone = process.returncode is not None if process is not None else polls % 25 == 0
+        meta = refresh(run_dir, check_group=gone)
         progress = reader.poll()
         if on_progress is not None and (progress.step, progress.total) != last:
             last = (progress.step, progress.total)

@@ -8,11 +8,25 @@ server writes them through `BatchingHandler`: formatted at once, written a batch
 from __future__ import annotations
 
 import logging
+import time
 from typing import TextIO
 
 access = logging.getLogger("lfwrap.gateway.access")
 
 FORMAT = "%(asctime)s access %(message)s"
+LINE = "request_id=%s key_id=%s %s %s model=%s status=%d latency_ms=%.2f bytes_in=%d bytes_out=%d"
+
+_direct: BatchingHandler | None = None  # set by install(): lines skip LogRecord creation
+_stamp: tuple[int, str] = (0, "")
+
+
+def _now() -> str:
+    global _stamp
+    now = time.time()
+    second = int(now)
+    if second != _stamp[0]:
+        _stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+    return f"{_stamp[1]},{int(now % 1 * 1000):03d}"
 
 
 def log_request(
@@ -26,19 +40,11 @@ def log_request(
     bytes_in: int,
     bytes_out: int,
 ) -> None:
-    if access.isEnabledFor(logging.INFO):
-        access.info(
-            "request_id=%s key_id=%s %s %s model=%s status=%d latency_ms=%.2f bytes_in=%d bytes_out=%d",
-            request_id,
-            key_id,
-            method,
-            path,
-            model or "-",
-            status,
-            seconds * 1000.0,
-            bytes_in,
-            bytes_out,
-        )
+    args = (request_id, key_id, method, path, model or "-", status, seconds * 1000.0, bytes_in, bytes_out)
+    if _direct is not None:
+        _direct.add(f"{_now()} access {LINE % args}")
+    elif access.isEnabledFor(logging.INFO):
+        access.info(LINE, *args)
 
 
 class BatchingHandler(logging.StreamHandler):
@@ -48,6 +54,11 @@ class BatchingHandler(logging.StreamHandler):
         super().__init__(stream)
         self.max_lines = max_lines
         self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        if len(self._lines) >= self.max_lines:
+            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -71,8 +82,9 @@ class BatchingHandler(logging.StreamHandler):
 
 
 def install(stream: TextIO | None = None) -> BatchingHandler:
-    """Send access lines to `stream` (stderr by default) in batches."""
-    handler = BatchingHandler(stream)
+    """Send access lines to `stream` (stderr by default) in batches, formatted without LogRecords."""
+    global _direct
+    handler = _direct = BatchingHandler(stream)
     handler.setFormatter(logging.Formatter(FORMAT))
     access.handlers[:] = [handler]
     access.setLevel(logging.INFO)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from wrapper.errors import LaunchError, UsageError
 from wrapper.launch.distributed import DistributedOptions, distributed_options
+
+if TYPE_CHECKING:
+    from wrapper.launch.train import RunResult
 
 HELP = """Render a template, validate it, create a run directory and launch LLaMA-Factory.
 
@@ -27,10 +32,6 @@ Examples:
   $ lfwrap train --name conch --resume                         # from its last checkpoint
   $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
 """
-
-
-def _is_docker(backend: str) -> bool:
-    return backend == "docker"
 
 
 @click.command("train", help=HELP)
@@ -107,7 +108,7 @@ def _create(template: str | None, sets: tuple[str, ...], model: str | None, data
     for problem in rendered.problems:
         click.echo(f"  {problem}", err=True)
     docker = None
-    if _is_docker(backend):
+    if backend == "docker":
         from wrapper.launch.docker_backend import DockerOptions
 
         docker = DockerOptions(gpus=distributed.docker_gpus())
@@ -152,7 +153,7 @@ def _show_plan(run_dir: Path) -> None:
     click.echo(f"{env + ' ' if env else ''}{' '.join(command)}")
 
 
-def follow_in_terminal(run_dir: Path, process: object = None) -> None:
+def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = None) -> None:
     """Follow a run with a progress bar; Ctrl-C cancels it; failure raises LaunchError."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -176,7 +177,7 @@ def follow_in_terminal(run_dir: Path, process: object = None) -> None:
 
     try:
         with bar:
-            outcome = launcher.follow(run_dir, update, process=process)  # type: ignore[arg-type]
+            outcome = launcher.follow(run_dir, update, process=process)
     except KeyboardInterrupt:
         console.print(f"Cancelling run {run_dir.name} ...")
         launcher.cancel_run(run_dir)
@@ -185,11 +186,9 @@ def follow_in_terminal(run_dir: Path, process: object = None) -> None:
     _print_outcome(outcome, run_dir)
 
 
-def _print_outcome(outcome: object, run_dir: Path) -> None:
+def _print_outcome(outcome: RunResult, run_dir: Path) -> None:
     from wrapper.launch import runs
-    from wrapper.launch.train import RunResult
 
-    assert isinstance(outcome, RunResult)
     meta, progress = outcome.meta, outcome.progress
     log = run_dir / runs.LOG_FILE
     if meta.status == "cancelled":

@@ -54,10 +54,15 @@ def prepare_identity_demo(name: str = NAME, author: str = AUTHOR) -> str:
     rows = [row for row in filled if row.get("instruction") in DEMO_ROWS]
     path = user_datasets_dir() / f"{DEMO_DATASET}.json"
     write_atomic(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-    register(DEMO_DATASET, RegistryEntry(
-        file=path.name, formatting="alpaca", rows=len(rows),
-        description=f"The {len(rows)} identity rows the demo trains on ({', '.join(DEMO_ROWS)}).",
-    ))
+    register(
+        DEMO_DATASET,
+        RegistryEntry(
+            file=path.name,
+            formatting="alpaca",
+            rows=len(rows),
+            description=f"The {len(rows)} identity rows the demo trains on ({', '.join(DEMO_ROWS)}).",
+        ),
+    )
     return DEMO_DATASET
 
 
@@ -74,14 +79,20 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     from wrapper.launch import train as launcher
     from wrapper.render import render_template
 
-    rendered = render_template("sft_lora", DEMO_TRAIN_SETS, extra={
-        "model_name_or_path": str(model), "dataset": dataset,
-    })
+    rendered = render_template(
+        "sft_lora",
+        DEMO_TRAIN_SETS,
+        extra={
+            "model_name_or_path": str(model),
+            "dataset": dataset,
+        },
+    )
     run_dir = runs.run_path(name)
     if run_dir.exists():
         launcher.discard_run(run_dir)
-    run_dir = launcher.create_run(rendered.data, name=name, template="sft_lora",
-                                  overrides=list(DEMO_TRAIN_SETS))
+    run_dir = launcher.create_run(
+        rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS)
+    )
     follow_in_terminal(run_dir, launcher.launch(run_dir))
     return run_dir
 
@@ -89,9 +100,15 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
 def step_ask(url: str, question: str = QUESTION) -> str:
     import httpx
 
-    response = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-        "model": "demo", "messages": [{"role": "user", "content": question}], "do_sample": False,
-    })
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": "demo",
+            "messages": [{"role": "user", "content": question}],
+            "do_sample": False,
+        },
+    )
     response.raise_for_status()
     data: dict[str, Any] = response.json()
     return str(data["choices"][0]["message"]["content"])

@@ -58,12 +58,15 @@ def runs(ctx: click.Context) -> None:
     Console(width=200).print(table)
 
 
-@runs.command("show", help="""Show a run's metadata, progress and files.
+@runs.command(
+    "show",
+    help="""Show a run's metadata, progress and files.
 
 \b
 Examples:
   $ lfwrap runs show conch
-""")
+""",
+)
 @click.argument("run")
 def show(run: str) -> None:
     from wrapper.launch import runs as store
@@ -83,13 +86,16 @@ def show(run: str) -> None:
         click.echo(f"loss plot: {outcome.loss_plot}")
 
 
-@runs.command("logs", help="""Print a run's train.log; --follow keeps printing until the run ends.
+@runs.command(
+    "logs",
+    help="""Print a run's train.log; --follow keeps printing until the run ends.
 
 \b
 Examples:
   $ lfwrap runs logs conch
   $ lfwrap runs logs conch --follow
-""")
+""",
+)
 @click.argument("run")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 def logs(run: str, follow: bool) -> None:
@@ -114,13 +120,16 @@ def logs(run: str, follow: bool) -> None:
         click.echo(f"[run {run} {store.read_meta(run_dir).status}]", err=True)
 
 
-@runs.command("cancel", help="""Cancel a queued or running run, detached ones included: its whole
+@runs.command(
+    "cancel",
+    help="""Cancel a queued or running run, detached ones included: its whole
 process group (or container) is stopped and its status becomes cancelled.
 
 \b
 Examples:
   $ lfwrap runs cancel conch
-""")
+""",
+)
 @click.argument("run")
 def cancel(run: str) -> None:
     from wrapper.launch import runs as store

@@ -31,8 +31,17 @@ Examples:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--api-key", envvar="LFWRAP_API_KEY", help="Require this bearer key (API_KEY).")
 @click.option("--model-name", help="Model name the server reports (API_MODEL_NAME).")
-def serve(run: str | None, model: str | None, template: str | None, sets: tuple[str, ...], backend: str,
-          host: str, port: int, api_key: str | None, model_name: str | None) -> None:
+def serve(
+    run: str | None,
+    model: str | None,
+    template: str | None,
+    sets: tuple[str, ...],
+    backend: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+) -> None:
     from wrapper.launch.local import sigterm_as_interrupt
     from wrapper.launch.serve import serve_model, serve_run
 

@@ -36,21 +36,41 @@ Examples:
 
 @click.command("train", help=HELP)
 @click.option("--template", "-t", "template", metavar="NAME", help="Train template (see `lfwrap templates`).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Template variable or LLaMA-Factory key; repeatable.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Template variable or LLaMA-Factory key; repeatable.",
+)
 @click.option("--model", metavar="M", help="Base model: hub id or local folder (model_name_or_path).")
 @click.option("--dataset", metavar="D", help="Dataset name(s) from the registry, comma-separated.")
-@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True,
-              help="Run LLaMA-Factory here or in the hiyouga/llamafactory container.")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "docker"]),
+    default="local",
+    show_default=True,
+    help="Run LLaMA-Factory here or in the hiyouga/llamafactory container.",
+)
 @click.option("--image", metavar="IMAGE", help="Container image for --backend docker.")
 @click.option("--name", metavar="RUN", help="Run name (default: template and time).")
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
 @click.option("--resume", is_flag=True, help="Continue run --name from its last checkpoint.")
 @distributed_options
-def train(template: str | None, sets: tuple[str, ...], model: str | None, dataset: str | None, backend: str,
-          image: str | None, name: str | None, dry_run: bool, detach: bool, resume: bool,
-          distributed: DistributedOptions) -> None:
+def train(
+    template: str | None,
+    sets: tuple[str, ...],
+    model: str | None,
+    dataset: str | None,
+    backend: str,
+    image: str | None,
+    name: str | None,
+    dry_run: bool,
+    detach: bool,
+    resume: bool,
+    distributed: DistributedOptions,
+) -> None:
     from wrapper.launch import train as launcher
 
     if resume:
@@ -83,8 +103,16 @@ def train(template: str | None, sets: tuple[str, ...], model: str | None, datase
     follow_in_terminal(run_dir, process)
 
 
-def _create(template: str | None, sets: tuple[str, ...], model: str | None, dataset: str | None, backend: str,
-            image: str | None, name: str | None, distributed: DistributedOptions) -> Path:
+def _create(
+    template: str | None,
+    sets: tuple[str, ...],
+    model: str | None,
+    dataset: str | None,
+    backend: str,
+    image: str | None,
+    name: str | None,
+    distributed: DistributedOptions,
+) -> Path:
     from wrapper.launch import train as launcher
     from wrapper.render import render_template
 
@@ -116,8 +144,15 @@ def _create(template: str | None, sets: tuple[str, ...], model: str | None, data
             docker.image = image
     elif image:
         raise UsageError("--image only applies to --backend docker.")
-    run_dir = launcher.create_run(rendered.data, name=name, template=template, overrides=overrides,
-                                  backend=backend, distributed=distributed, docker=docker)
+    run_dir = launcher.create_run(
+        rendered.data,
+        name=name,
+        template=template,
+        overrides=overrides,
+        backend=backend,
+        distributed=distributed,
+        docker=docker,
+    )
     _warn_placeholders(run_dir)
     return run_dir
 
@@ -164,16 +199,26 @@ def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = 
     sigterm_as_interrupt()
     console = Console(stderr=True)
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.completed}/{task.total} steps"), TextColumn("loss {task.fields[loss]}"),
-        TextColumn("ETA {task.fields[eta]}"), console=console, refresh_per_second=2,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console,
+        refresh_per_second=2,
     )
     task = bar.add_task(run_dir.name, total=None, loss="-", eta="-")
 
     def update(progress: launcher.Progress) -> None:
         loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
-        bar.update(task, completed=progress.step, total=progress.total or None, loss=loss,
-                   eta=progress.remaining or "-")
+        bar.update(
+            task,
+            completed=progress.step,
+            total=progress.total or None,
+            loss=loss,
+            eta=progress.remaining or "-",
+        )
 
     try:
         with bar:

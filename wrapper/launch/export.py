@@ -36,8 +36,9 @@ def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
     return render_template("merge_lora", sets, extra=extra).data
 
 
-def export_run(name: str, out: Path | None = None, *, sets: tuple[str, ...] = (),
-               backend: str = "local") -> Path:
+def export_run(
+    name: str, out: Path | None = None, *, sets: tuple[str, ...] = (), backend: str = "local"
+) -> Path:
     """Merge run `name`'s adapter into a standalone model folder (default run_dir/merged); its path."""
     run_dir = runs.find_run(name)
     target = (out or run_dir / "merged").expanduser().resolve()
@@ -81,8 +82,13 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
         mounts.append(Mount(target, "/app/export", read_only=False))
     inside = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
     path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    handle = start_container(run_dir=run_dir, command=["llamafactory-cli", "export", EXPORT_FILE],
-                             options=options, env={}, mounts=mounts)
+    handle = start_container(
+        run_dir=run_dir,
+        command=["llamafactory-cli", "export", EXPORT_FILE],
+        options=options,
+        env={},
+        mounts=mounts,
+    )
     with log_path.open("ab") as log:
 
         def sink(chunk: bytes) -> None:

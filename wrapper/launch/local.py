@@ -45,8 +45,15 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 def spawn(command: list[str], *, cwd: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start `command` in its own session (so its whole process group can be stopped), output to a log."""
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=child_env(env), start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(env),
+            start_new_session=True,
+        )
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

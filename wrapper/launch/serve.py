@@ -59,8 +59,9 @@ class ServerHandle:
         self.stop()
 
 
-def infer_config(model: str, *, adapter: str | None = None, template: str | None = None,
-                 sets: tuple[str, ...] = ()) -> dict[str, Any]:
+def infer_config(
+    model: str, *, adapter: str | None = None, template: str | None = None, sets: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The rendered and validated `infer` config for a model and optional adapter."""
     from wrapper.render import render_template
 
@@ -88,8 +89,9 @@ def run_infer_config(run_dir: Path, sets: tuple[str, ...] = ()) -> dict[str, Any
     return infer_config(model, adapter=adapter, template=config.get("template"), sets=sets)
 
 
-def _wait_ready(url: str, api_key: str | None, alive: Callable[[], bool], log_path: Path,
-                timeout: float) -> None:
+def _wait_ready(
+    url: str, api_key: str | None, alive: Callable[[], bool], log_path: Path, timeout: float
+) -> None:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -134,8 +136,9 @@ def start_api_server(
         stop = handle
     else:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        process = spawn([llamafactory_cli(), "api", config_path.name], cwd=config_path.parent,
-                        log_path=log_path, env=env)
+        process = spawn(
+            [llamafactory_cli(), "api", config_path.name], cwd=config_path.parent, log_path=log_path, env=env
+        )
         alive = lambda: process.poll() is None  # noqa: E731
         stop = lambda: stop_group(process)  # noqa: E731
     server = ServerHandle(url=url, log_path=log_path, api_key=api_key, _stop=stop, _alive=alive)
@@ -147,8 +150,9 @@ def start_api_server(
     return server
 
 
-def _start_docker(config: dict[str, Any], config_path: Path, log_path: Path, env: dict[str, str],
-                  port: int, host: str) -> Callable[[], None]:
+def _start_docker(
+    config: dict[str, Any], config_path: Path, log_path: Path, env: dict[str, str], port: int, host: str
+) -> Callable[[], None]:
     import threading
 
     from wrapper.launch.docker_backend import (
@@ -169,8 +173,13 @@ def _start_docker(config: dict[str, Any], config_path: Path, log_path: Path, env
     all_mounts = effective_mounts(run_dir=folder, options=options, mounts=mounts)
     inside = container_config(config, all_mounts)
     config_path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    handle = start_container(run_dir=folder, command=["llamafactory-cli", "api", config_path.name],
-                             options=options, env=env, mounts=mounts)
+    handle = start_container(
+        run_dir=folder,
+        command=["llamafactory-cli", "api", config_path.name],
+        options=options,
+        env=env,
+        mounts=mounts,
+    )
     log = log_path.open("ab")
 
     def sink(chunk: bytes) -> None:
@@ -193,8 +202,9 @@ def serve_run(name: str, *, sets: tuple[str, ...] = (), **kwargs: Any) -> Server
     return start_api_server(run_infer_config(run_dir, sets), config_path=run_dir / "serve.yaml", **kwargs)
 
 
-def serve_model(model: str, *, template: str | None = None, sets: tuple[str, ...] = (),
-                **kwargs: Any) -> ServerHandle:
+def serve_model(
+    model: str, *, template: str | None = None, sets: tuple[str, ...] = (), **kwargs: Any
+) -> ServerHandle:
     """Serve a model folder or hub id (e.g. an exported run) without an adapter."""
     port = kwargs.get("port", 8000)
     config = infer_config(model, template=template, sets=sets)

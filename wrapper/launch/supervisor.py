@@ -66,7 +66,11 @@ def _signal(pid: int, sig: int) -> None:
 def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
     command = [llamafactory_cli(), *meta.command[1:]]
     child = subprocess.Popen(
-        command, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        command,
+        cwd=run_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env=child_env(meta.env),
     )
     try:
@@ -81,8 +85,9 @@ def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
     from wrapper.launch.train import docker_setup
 
     options, mounts = docker_setup(meta)
-    handle = start_container(run_dir=run_dir, command=meta.command, options=options, env=meta.env,
-                             mounts=mounts)
+    handle = start_container(
+        run_dir=run_dir, command=meta.command, options=options, env=meta.env, mounts=mounts
+    )
     runs.update_meta(run_dir, container_id=handle.id)
 
     def sink(chunk: bytes) -> None:

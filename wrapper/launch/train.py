@@ -114,8 +114,15 @@ def create_run(
         raise
 
 
-def _fill_run(run_dir: Path, config: dict[str, Any], template: str | None, overrides: list[str],
-              backend: str, distributed: Any, docker: Any) -> Path:
+def _fill_run(
+    run_dir: Path,
+    config: dict[str, Any],
+    template: str | None,
+    overrides: list[str],
+    backend: str,
+    distributed: Any,
+    docker: Any,
+) -> Path:
     config = copy_datasets(dict(config), run_dir)
     if not any(item.startswith("output_dir=") for item in overrides):
         config["output_dir"] = str(run_dir / runs.OUTPUT_DIR)
@@ -220,9 +227,19 @@ def prepare_resume(run_dir: Path) -> Path:
     else:
         config["resume_from_checkpoint"] = str(checkpoint)
     write_config(run_dir, config)
-    runs.write_meta(run_dir, meta.model_copy(update={
-        "status": "queued", "exit_code": None, "ended": None, "error": [], "pid": None, "pgid": None,
-    }))
+    runs.write_meta(
+        run_dir,
+        meta.model_copy(
+            update={
+                "status": "queued",
+                "exit_code": None,
+                "ended": None,
+                "error": [],
+                "pid": None,
+                "pgid": None,
+            }
+        ),
+    )
     return checkpoint
 
 
@@ -234,7 +251,10 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
     with (run_dir / "supervisor.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "wrapper.launch.supervisor", str(run_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     runs.update_meta(run_dir, pid=process.pid, pgid=process.pid)
     return process
@@ -248,8 +268,12 @@ def refresh(run_dir: Path, check_group: bool = True) -> runs.RunMeta:
         time.sleep(POLL_SECONDS)
         meta = runs.read_meta(run_dir)
         if meta.status == "running":
-            meta = runs.update_meta(run_dir, status="failed", ended=runs.now(),
-                                    error=["The run's supervisor ended without recording a result."])
+            meta = runs.update_meta(
+                run_dir,
+                status="failed",
+                ended=runs.now(),
+                error=["The run's supervisor ended without recording a result."],
+            )
     return meta
 
 

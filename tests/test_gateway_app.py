@@ -422,7 +422,8 @@ def test_metrics_and_unknown_paths(gw):
     gw["client"].post("/v1/chat/completions", json={**CHAT, "model": "nope"})
     text = httpx.get(gw["url"] + "/metrics").text
     assert 'lfwrap_gateway_requests_total{model="conch",status="200"} 1' in text
-    assert 'lfwrap_gateway_requests_total{model="nope",status="404"} 1' in text
+    assert 'lfwrap_gateway_requests_total{model="-",status="404"} 1' in text  # callers cannot mint labels
+    assert "nope" not in text
     assert 'lfwrap_gateway_request_seconds_count{model="conch"} 1' in text
     assert "# TYPE lfwrap_gateway_request_seconds histogram" in text
     missing = httpx.get(gw["url"] + "/v2/nothing")
@@ -444,6 +445,29 @@ def test_access_log_has_ids_and_never_a_key(gw, caplog):
     assert f"request_id=trace-7 key_id={key_id} POST /v1/chat/completions model=conch status=200" in lines[0]
     assert re.search(r"latency_ms=\d+\.\d+ bytes_in=\d+ bytes_out=[1-9]\d*", lines[1])
     assert "status=401" in lines[2] and "key_id=-" in lines[2]
+    httpx.post(
+        gw["url"] + "/v1/chat/completions",
+        json={**CHAT, "model": "x status=200\nforged line"},
+        headers={"Authorization": f"Bearer {gw['key']}"},
+    )
+    forged = [r.getMessage() for r in caplog.records if r.name == "lfwrap.gateway.access"][-1]
+    assert "\n" not in forged and 'model="x\\u0020status=200\\nforged\\u0020line" status=404' in forged
     everything = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
     for secret in (gw["key"], "sk-lfw-leak-me-x9", "up-secret-8c1f0e", REPLY):
         assert secret not in everything
+
+
+def test_start_background_serves_on_a_free_port(standin, tmp_path):  # noqa: F811
+    from wrapper.gateway.server import start_background
+
+    _, url = standin
+    settings = make_settings([{"name": "conch", "upstream": url}], tmp_path, port=0)
+    key = new_key(settings)
+    with start_background(settings) as running:
+        assert running.base_url.startswith("http://127.0.0.1:") and not running.base_url.endswith(":0/v1")
+        resp = httpx.post(
+            running.base_url + "/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert resp.json()["choices"][0]["message"]["content"] == REPLY
+    with pytest.raises(httpx.TransportError):
+        httpx.get(running.url + "/healthz", timeout=2)

@@ -44,6 +44,11 @@ def _request_id(value: bytes | None) -> str:
     return os.urandom(16).hex()
 
 
+def _quoted(text: str) -> str:
+    """A caller-chosen string made safe for one log field: no spaces, line breaks or escapes."""
+    return orjson.dumps(text[:128]).decode().replace(" ", "\\u0020")
+
+
 class Disconnected(Exception):
     """The caller went away before the answer was complete."""
 
@@ -245,7 +250,11 @@ class Gateway:
             status = 499  # nginx's "client closed request"
         finally:
             elapsed = time.perf_counter() - start
-            self.metrics.observe(model or "-", status, elapsed)
+            # only configured names become labels or log fields as-is: callers choose what `model` says
+            known = model in self.upstreams
+            self.metrics.observe(model if known else "-", status, elapsed)
+            if not known and model:
+                model = _quoted(model)
             if self.settings.access_log:
                 log_request(
                     request_id, key_id, scope["method"], path, model, status, elapsed, bytes_in, sent[0]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-from test_gateway_support import free_port, serving
+from test_gateway_support import free_port, serving, wait_until
 
 from wrapper.gateway.standin import REPLY, StandIn
 
@@ -88,8 +88,7 @@ def test_graceful_shutdown_lets_a_stream_finish():
 
         caller = threading.Thread(target=stream)
         caller.start()
-        while app.seen == []:
-            time.sleep(0.02)
+        assert wait_until(lambda: app.seen != [])
         proc.send_signal(signal.SIGTERM)
         caller.join(timeout=30)
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained

@@ -88,3 +88,13 @@ def new_key(settings: GatewaySettings, **kwargs: Any) -> str:
         return store.create(**kwargs)[1]
     finally:
         store.close()
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> bool:
+    """Poll `condition()` until it is true or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return bool(condition())
+        time.sleep(0.01)
+    return True

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from wrapper.errors import LaunchError
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
+from wrapper.launch.train import model_mounts, read_config, write_yaml
 
 EXPORT_FILE = "export.yaml"
 
 
 def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
     """The rendered merge_lora config for a finished run, writing the merged model to `out`."""
-    from wrapper.launch.train import read_config
     from wrapper.render import render_template
 
-    meta = runs.read_meta(run_dir)
-    if meta.status != "succeeded":
-        raise LaunchError(
-            f"Run {meta.name!r} is {meta.status}, not succeeded; only a finished run has an adapter to "
-            f"export (see `lfwrap runs show {meta.name}`)."
-        )
+    meta = runs.require_succeeded(run_dir, "export")
     config = read_config(run_dir)
     extra = {
         "model_name_or_path": config["model_name_or_path"],
@@ -48,7 +41,7 @@ def export_run(
     if backend == "docker":
         code = _export_docker(run_dir, config, path, log_path, target)
     else:
-        path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        write_yaml(path, config)
         process = spawn([llamafactory_cli(), "export", EXPORT_FILE], cwd=run_dir, log_path=log_path, env={})
         try:
             code = process.wait()
@@ -73,15 +66,12 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
     )
 
     options = DockerOptions()
-    mounts: list[Mount] = []
-    model = str(config["model_name_or_path"])
-    if model.startswith("/"):
-        mounts.append(Mount(Path(model), f"/app/models/{Path(model).name}", read_only=True))
+    mounts: list[Mount] = model_mounts(config, run_dir)
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)
         mounts.append(Mount(target, "/app/export", read_only=False))
     inside = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
-    path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_yaml(path, inside)
     handle = start_container(
         run_dir=run_dir,
         command=["llamafactory-cli", "export", EXPORT_FILE],

@@ -103,13 +103,22 @@ def find_run(name: str) -> Path:
     """An existing run's folder, or RunError naming the runs that do exist."""
     path = run_path(name)
     if not (path / META_FILE).is_file():
-        known = [p.name for p in list_run_dirs()]
-        from difflib import get_close_matches
+        from wrapper.datasets.info import did_you_mean
 
-        close = get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise RunError(f"No run named {name!r} under {runs_dir()}.{hint} List runs with `lfwrap runs`.")
+        hint = did_you_mean(name, [p.name for p in list_run_dirs()])
+        raise RunError(f"No run named {name!r} under {runs_dir()}{hint}; list runs with `lfwrap runs`.")
     return path
+
+
+def require_succeeded(run_dir: Path, action: str) -> RunMeta:
+    """The run's meta if it succeeded, else RunError: only a finished run has an adapter to `action`."""
+    meta = read_meta(run_dir)
+    if meta.status != "succeeded":
+        raise RunError(
+            f"Run {meta.name!r} is {meta.status}, not succeeded; only a finished run has an adapter to "
+            f"{action} (see `lfwrap runs show {meta.name}`)."
+        )
+    return meta
 
 
 def list_run_dirs() -> list[Path]:

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from wrapper.errors import LaunchError
 from wrapper.home import home
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
+from wrapper.launch.train import model_mounts, read_config, write_yaml
 
 READY_TIMEOUT = 300.0
 
@@ -75,14 +74,7 @@ def infer_config(
 
 def run_infer_config(run_dir: Path, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The infer config for a finished training run: its base model, adapter and chat template."""
-    from wrapper.launch.train import read_config
-
-    meta = runs.read_meta(run_dir)
-    if meta.status != "succeeded":
-        raise LaunchError(
-            f"Run {meta.name!r} is {meta.status}, not succeeded; only a finished run has an adapter to "
-            f"serve (see `lfwrap runs show {meta.name}`)."
-        )
+    meta = runs.require_succeeded(run_dir, "serve")
     config = read_config(run_dir)
     adapter = meta.output_dir if config.get("finetuning_type", "lora") == "lora" else None
     model = meta.output_dir if adapter is None else str(config["model_name_or_path"])
@@ -135,7 +127,7 @@ def start_api_server(
         alive: Callable[[], bool] = lambda: True  # noqa: E731 - the container's end shows in its logs
         stop = handle
     else:
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        write_yaml(config_path, config)
         process = spawn(
             [llamafactory_cli(), "api", config_path.name], cwd=config_path.parent, log_path=log_path, env=env
         )
@@ -157,7 +149,6 @@ def _start_docker(
 
     from wrapper.launch.docker_backend import (
         DockerOptions,
-        Mount,
         container_config,
         effective_mounts,
         start_container,
@@ -165,14 +156,10 @@ def _start_docker(
 
     folder = config_path.parent
     options = DockerOptions(ports={int(env["API_PORT"]): port}, bind_address=host)
-    mounts = []
-    for key in ("model_name_or_path", "adapter_name_or_path"):
-        value = str(config.get(key) or "")
-        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
-            mounts.append(Mount(Path(value), f"/app/models/{key}", read_only=True))
+    mounts = model_mounts(config, folder)
     all_mounts = effective_mounts(run_dir=folder, options=options, mounts=mounts)
     inside = container_config(config, all_mounts)
-    config_path.write_text(yaml.safe_dump(inside, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_yaml(config_path, inside)
     handle = start_container(
         run_dir=folder,
         command=["llamafactory-cli", "api", config_path.name],

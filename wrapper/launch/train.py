@@ -159,10 +159,7 @@ def _docker_paths(
     from wrapper.launch.docker_backend import DockerOptions, Mount, container_config, effective_mounts
 
     options = options or DockerOptions()
-    mounts: list[Mount] = []
-    model = str(config.get("model_name_or_path", ""))
-    if model.startswith("/"):
-        mounts.append(Mount(Path(model), f"/app/models/{Path(model).name}", read_only=True))
+    mounts: list[Mount] = model_mounts(config, run_dir)
     config = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
     fields = asdict(options)
     if fields.get("hf_cache") is not None:
@@ -170,10 +167,27 @@ def _docker_paths(
     return config, {"options": fields, "mounts": [[str(m.source), m.target, m.read_only] for m in mounts]}
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
-    path = run_dir / runs.CONFIG_FILE
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+def model_mounts(config: dict[str, Any], folder: Path) -> list[Any]:
+    """Read-only container mounts (/app/models/<key>) for the config's local model and adapter folders
+    that lie outside `folder` (which the container sees as /app/run anyway)."""
+    from wrapper.launch.docker_backend import Mount
+
+    mounts = []
+    for key in ("model_name_or_path", "adapter_name_or_path"):
+        value = str(config.get(key) or "")
+        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
+            mounts.append(Mount(Path(value), f"/app/models/{key}", read_only=True))
+    return mounts
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    """Write a LLaMA-Factory config file (keys in their rendered order, Unicode kept)."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
+    return write_yaml(run_dir / runs.CONFIG_FILE, config)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -168,15 +168,15 @@ def _docker_paths(
 
 
 def model_mounts(config: dict[str, Any], folder: Path) -> list[Any]:
-    """Read-only container mounts (/app/models/<key>) for the config's local model and adapter folders
-    that lie outside `folder` (which the container sees as /app/run anyway)."""
+    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME) for the config's local model
+    and adapter folders that lie outside `folder` (which the container sees as /app/run anyway)."""
     from wrapper.launch.docker_backend import Mount
 
     mounts = []
-    for key in ("model_name_or_path", "adapter_name_or_path"):
+    for key, parent in (("model_name_or_path", "/app/models"), ("adapter_name_or_path", "/app/adapters")):
         value = str(config.get(key) or "")
         if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
-            mounts.append(Mount(Path(value), f"/app/models/{key}", read_only=True))
+            mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))
     return mounts
 
 

@@ -466,3 +466,19 @@ def test_start_background_serves_on_a_free_port(standin, tmp_path):  # noqa: F81
         assert resp.json()["choices"][0]["message"]["content"] == REPLY
     with pytest.raises(httpx.TransportError):
         httpx.get(running.url + "/healthz", timeout=2)
+
+
+def test_an_unexpected_failure_is_an_openai_500_with_the_request_id(gw, caplog):
+    def broken(key_id: str, rpm: int) -> float:
+        raise ZeroDivisionError("a bug")
+
+    gw["gateway"].rate.hit = broken
+    key = new_key(gw["settings"], rpm=5)
+    resp = httpx.post(
+        gw["url"] + "/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {key}", "x-request-id": "bug-1"},
+    )
+    assert resp.status_code == 500
+    assert resp.json()["error"]["code"] == "internal_error" and "bug-1" in resp.json()["error"]["message"]
+    assert any("bug-1" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -8,6 +8,7 @@ checks.py      requests LLaMA-Factory would reject, answered 400 before they rea
 oai.py         OpenAI error objects and the small ASGI response helpers
 httpclient.py  the hot-path HTTP/1.1 client: keep-alive pools over asyncio, parsed by httptools
 upstream.py    one route: its pool, limiter, token counter; failures mapped to OpenAI errors
+sse.py         rewrites the upstream's SSE events (model name, usage chunk, [DONE])
 usage.py       token counts for the final usage chunk (tokenizer.json when available)
 metrics.py     Prometheus text exposition
 accesslog.py   one line per request: id, key id, model, status, latency, bytes

@@ -27,6 +27,7 @@ from wrapper.gateway.metrics import Metrics
 from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, send_response
 from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
 from wrapper.gateway.settings import GatewaySettings
+from wrapper.gateway.sse import StreamRewriter
 from wrapper.gateway.upstream import Upstream
 
 log = logging.getLogger("lfwrap.gateway")
@@ -248,6 +249,18 @@ class Gateway:
             sent[0] = len(payload)
         except Disconnected:
             status = 499  # nginx's "client closed request"
+        except Exception:
+            status = 500
+            log.exception("request %s: unexpected error in the gateway", request_id)
+            failure = ApiError(
+                500,
+                f"The gateway failed on this request (id {request_id}); see its log.",
+                code="internal_error",
+            )
+            try:
+                await send_response(send, 500, failure.body(), [*failure.headers(), id_header])
+            except RuntimeError:
+                pass  # the answer had started: the connection ends here
         finally:
             elapsed = time.perf_counter() - start
             # only configured names become labels or log fields as-is: callers choose what `model` says
@@ -437,63 +450,3 @@ class Gateway:
 
 
 RETRY_BUSY = "2"
-
-
-class StreamRewriter:
-    """Rewrites complete SSE events: the requested model name, usage bookkeeping, [DONE] handling."""
-
-    def __init__(self, model: str, include_usage: bool):
-        self.model = model
-        self.include_usage = include_usage
-        self.done = False
-        self.chunks = 0
-        self._parts: list[str] = []
-        self._id: Any = None
-        self._created: Any = None
-
-    def text(self) -> str:
-        return "".join(self._parts)
-
-    def events(self, block: bytes) -> bytes:
-        out = []
-        for event in block.split(b"\n\n"):
-            if not event:
-                continue
-            if not event.startswith(b"data:"):
-                out.append(event + b"\n\n")  # comments (keep-alive pings) pass through
-                continue
-            payload = event[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                if not self.include_usage:  # else the usage chunk goes first, then [DONE]
-                    out.append(b"data: [DONE]\n\n")
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                out.append(event + b"\n\n")
-                continue
-            if isinstance(chunk, dict):
-                chunk["model"] = self.model
-                self._id = chunk.get("id", self._id)
-                self._created = chunk.get("created", self._created)
-                for choice in chunk.get("choices") or ():
-                    content = (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
-                    if content:
-                        self._parts.append(content)
-                        self.chunks += 1
-                if self.include_usage:
-                    chunk["usage"] = None
-            out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        return b"".join(out)
-
-    def usage_chunk(self, usage: dict[str, int]) -> bytes:
-        chunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created or int(time.time()),
-            "model": self.model,
-            "choices": [],
-            "usage": usage,
-        }
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -1,0 +1,162 @@
+"""The hot-path HTTP client against raw TCP servers: framing, keep-alive reuse, failures, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from wrapper.gateway.httpclient import Pool, UpstreamError
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _with_server(handler: Handler, body: Callable[[str, list[int]], Awaitable[None]]) -> list[int]:
+    connections: list[int] = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(counted, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await body(f"http://127.0.0.1:{port}", connections)
+    finally:
+        server.close()
+    return connections
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+    )
+    return head + await reader.readexactly(length)
+
+
+def test_keep_alive_reuses_one_connection_and_sends_the_request_as_given():
+    seen: list[bytes] = []
+
+    async def handler(reader, writer):
+        while True:
+            try:
+                seen.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+            await writer.drain()
+
+    async def body(url, connections):
+        pool = Pool(url + "/prefix", connect_timeout=2)
+        for _ in range(3):
+            resp = await pool.request("POST", "/v1/x", b'{"a":1}', "x-request-id: r1\r\n", 2)
+            assert (resp.status, resp.headers["content-type"], await resp.read()) == (
+                200,
+                "application/json",
+                b"{}",
+            )
+        pool.close()
+
+    assert len(asyncio.run(_with_server(handler, body))) == 1
+    host = seen[0].split(b"Host: ")[1].split(b"\r\n")[0].decode()
+    assert (
+        seen[0]
+        == (
+            f"POST /prefix/v1/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 7\r\n"
+            'x-request-id: r1\r\n\r\n{"a":1}'
+        ).encode()
+    )
+
+
+def test_chunked_and_close_delimited_bodies_arrive_in_pieces():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"6\r\n world\r\n0\r\n\r\n")
+        await writer.drain()
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+
+    async def body(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        resp = await pool.request("POST", "/", b"{}", "", 2)
+        assert [piece async for piece in resp.pieces()] == [b"hello", b" world"]
+        resp = await pool.request("POST", "/", b"{}", "", 2)
+        assert await resp.read() == b"until the end"
+
+    asyncio.run(_with_server(handler, body))
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", "protocol"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "protocol"),
+        (None, "timeout"),
+    ],
+)
+def test_broken_answers_and_silence_raise_upstream_errors(reply, kind):
+    async def handler(reader, writer):
+        await _read_request(reader)
+        if reply is None:
+            await asyncio.sleep(1)
+            return
+        writer.write(reply)
+        await writer.drain()
+
+    async def body(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        with pytest.raises(UpstreamError) as info:
+            resp = await pool.request("POST", "/", b"{}", "", 0.2)
+            await resp.read()
+        assert info.value.kind == kind
+
+    asyncio.run(_with_server(handler, body))
+
+
+def test_refused_connection_is_a_connect_error():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(UpstreamError) as info:
+            await Pool(f"http://127.0.0.1:{port}", connect_timeout=2).request("GET", "/", b"", "", 1)
+        assert info.value.kind == "connect"
+
+    asyncio.run(main())
+
+
+def test_close_mid_answer_drops_the_connection():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await writer.drain()
+        assert await reader.read() == b""  # the client hung up
+        state.append("client closed")
+
+    state: list[str] = []
+
+    async def body(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        resp = await pool.request("POST", "/", b"{}", "", 2)
+        async for piece in resp.pieces():
+            assert piece == b"a"
+            break
+        resp.close()
+        for _ in range(100):
+            if state:
+                break
+            await asyncio.sleep(0.01)
+        assert pool._idle == []  # nothing half-read went back to the pool
+
+    asyncio.run(_with_server(handler, body))
+    assert state == ["client closed"]

@@ -193,3 +193,15 @@ def test_supervisor_records_a_failed_launch(lfwrap_home: Path, monkeypatch: pyte
     meta = runs.read_meta(run_dir)
     assert meta.status == "failed" and meta.ended and "lfwrap[local]" in meta.error[0]
     assert "lfwrap[local]" in (run_dir / "train.log").read_text()
+
+
+def test_runs_logs_prints_the_log_and_follow_stops_at_the_end(lfwrap, lfwrap_home: Path) -> None:
+    run_dir = launcher.create_run(HAND_CONFIG, name="logged")
+    (run_dir / "train.log").write_text("step one\nValueError: boom\n")
+    runs.update_meta(run_dir, status="failed")
+    proc = lfwrap("runs", "logs", "logged", "--follow", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "step one\nValueError: boom\n"
+    assert "[run logged failed]" in proc.stderr
+    shown = lfwrap("runs", "show", "logged", check=True).stdout
+    assert '"status": "failed"' in shown and f"log:       {run_dir / 'train.log'}" in shown

@@ -29,7 +29,7 @@ from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, llamafactory_version
 from wrapper.launch.progress import Progress, TrainerLog
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
 DATASET_KEYS = ("dataset", "eval_dataset")
 

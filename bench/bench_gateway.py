@@ -31,7 +31,7 @@ from procs import Proc, free_port, python_cmd  # noqa: E402
 from wrapper.gateway.keys import KeyStore  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
-STREAM_REQUESTS = int(os.environ.get("BENCH_STREAM_REQUESTS", "20"))
+STREAM_REQUESTS = int(os.environ.get("BENCH_STREAM_REQUESTS", "50"))
 CHUNKS, INTERVAL_MS = 20, 10
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "请问你是谁"}]})
 PATH = "/v1/chat/completions"

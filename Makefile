@@ -26,8 +26,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"
 
 lint: $(STAMP)
-	$(BIN)/ruff check wrapper tests bench
-	$(BIN)/ruff format --check wrapper
+	$(BIN)/ruff check wrapper tests bench compose
+	$(BIN)/ruff format --check wrapper bench compose
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -59,8 +59,9 @@ def generate(path: Path, target_bytes: int) -> tuple[int, int]:
 
 def time_cli(path: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "wrapper.cli.main", "data", "check", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wrapper.cli.main", "data", "check", str(path)], capture_output=True, text=True
+    )
     return time.perf_counter() - start, proc
 
 
@@ -99,13 +100,19 @@ def main() -> None:
 
     cli_s, bare_s = min(cli_times), min(bare_times)
     cli_rate, bare_rate = size_mb / cli_s, size_mb / bare_s
-    print(f"lfwrap data check (subprocess, all rules): {cli_s:.2f} s, {cli_rate:.0f} MB/s  "
-          f"(runs: {', '.join(f'{t:.2f}' for t in cli_times)} s)")
-    print(f"bare json.loads loop (no checks):          {bare_s:.2f} s, {bare_rate:.0f} MB/s  "
-          f"(runs: {', '.join(f'{t:.2f}' for t in bare_times)} s)")
+    print(
+        f"lfwrap data check (subprocess, all rules): {cli_s:.2f} s, {cli_rate:.0f} MB/s  "
+        f"(runs: {', '.join(f'{t:.2f}' for t in cli_times)} s)"
+    )
+    print(
+        f"bare json.loads loop (no checks):          {bare_s:.2f} s, {bare_rate:.0f} MB/s  "
+        f"(runs: {', '.join(f'{t:.2f}' for t in bare_times)} s)"
+    )
     verdict = "met" if cli_rate >= GOAL_MB_S else "NOT met"
-    print(f"summary: data check {cli_rate:.0f} MB/s vs bare json.loads {bare_rate:.0f} MB/s = "
-          f"{cli_rate / bare_rate:.2f}x on {size_mb:.0f} MB; goal >= {GOAL_MB_S:.0f} MB/s {verdict}")
+    print(
+        f"summary: data check {cli_rate:.0f} MB/s vs bare json.loads {bare_rate:.0f} MB/s = "
+        f"{cli_rate / bare_rate:.2f}x on {size_mb:.0f} MB; goal >= {GOAL_MB_S:.0f} MB/s {verdict}"
+    )
 
 
 if __name__ == "__main__":

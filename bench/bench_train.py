@@ -83,8 +83,10 @@ def main() -> None:
         listed = ", ".join(f"{t:.2f}" for t in times)
         print(f"{label} median {middle:.2f} s, best {min(times):.2f} s  (runs: {listed})")
     # On a shared machine the best of each side is the figure least disturbed by other load.
-    print(f"bench_train: lfwrap/bare = {min(wrapped) / min(bare):.3f}x best, {w / b:.3f}x median "
-          f"({rounds} interleaved pairs; goal <= 1.05x)")
+    print(
+        f"bench_train: lfwrap/bare = {min(wrapped) / min(bare):.3f}x best, {w / b:.3f}x median "
+        f"({rounds} interleaved pairs; goal <= 1.05x)"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,13 @@ def time_llamafactory(config: Path, env: dict[str, str], workdir: Path) -> float
         raise SystemExit("llamafactory-cli not found: install the `local` extra (pip install -e '.[local]').")
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [*command, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env, cwd=workdir, start_new_session=True,
+        [*command, "train", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=workdir,
+        start_new_session=True,
     )
     tail: list[str] = []
     try:
@@ -108,8 +113,10 @@ def main() -> None:
     ours, theirs = statistics.median(lfwrap_times), statistics.median(lf_times)
     ratio = theirs / ours
     verdict = "met" if ratio >= 20 else "MISSED"
-    print(f"summary: misspelled key reported by lfwrap validate in {ours:.3f} s vs llamafactory-cli train in "
-          f"{theirs:.2f} s: {ratio:.0f}x faster (goal >= 20x, {verdict})")
+    print(
+        f"summary: misspelled key reported by lfwrap validate in {ours:.3f} s vs llamafactory-cli train in "
+        f"{theirs:.2f} s: {ratio:.0f}x faster (goal >= 20x, {verdict})"
+    )
 
 
 if __name__ == "__main__":

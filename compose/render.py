@@ -49,8 +49,14 @@ def output_dir(model: str, run: str) -> str:
     return f"saves/{model.rstrip('/').split('/')[-1]}/lora/{run}"
 
 
-def render_stack(out: Path, *, model: str = DEFAULT_MODEL, template: str = DEFAULT_CHAT_TEMPLATE,
-                 run: str = DEFAULT_RUN, sets: Sequence[str] = ()) -> list[Path]:
+def render_stack(
+    out: Path,
+    *,
+    model: str = DEFAULT_MODEL,
+    template: str = DEFAULT_CHAT_TEMPLATE,
+    run: str = DEFAULT_RUN,
+    sets: Sequence[str] = (),
+) -> list[Path]:
     """Write data/, train.yaml and infer.yaml under `out`; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     info = export_data_dir(out / "data")
@@ -59,9 +65,14 @@ def render_stack(out: Path, *, model: str = DEFAULT_MODEL, template: str = DEFAU
     # (data/ is here; ./datasets is mounted at data/bundled in the container).
     with _cwd(out):
         train = render_template(
-            "sft_lora", sets,
-            extra={"model_name_or_path": model, "template": template, "dataset_dir": "data",
-                   "output_dir": adapter},
+            "sft_lora",
+            sets,
+            extra={
+                "model_name_or_path": model,
+                "template": template,
+                "dataset_dir": "data",
+                "output_dir": adapter,
+            },
         )
         infer = render_template(
             "infer",
@@ -80,17 +91,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=HERE, help="folder to write (default: compose/)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, 
-                        help="base model hub id or path inside the container")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="base model hub id or path inside the container"
+    )
     parser.add_argument("--template", default=DEFAULT_CHAT_TEMPLATE, help="chat template of the base model")
-    parser.add_argument("--run", default=DEFAULT_RUN, 
-                        help="run name: the adapter goes to saves/MODEL/lora/RUN")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="training config override, as for `lfwrap render --set` (repeatable)")
+    parser.add_argument(
+        "--run", default=DEFAULT_RUN, help="run name: the adapter goes to saves/MODEL/lora/RUN"
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training config override, as for `lfwrap render --set` (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        written = render_stack(args.out, model=args.model, template=args.template, run=args.run,
-                               sets=args.sets)
+        written = render_stack(
+            args.out, model=args.model, template=args.template, run=args.run, sets=args.sets
+        )
         for path in written:
             print(path)
     except LfwrapError as exc:

@@ -333,7 +333,8 @@ def test_render_script_takes_overrides_and_refuses_unknown_keys(tmp_path: Path) 
     assert train["num_train_epochs"] == 5
     assert train["output_dir"] == "saves/Qwen2.5-0.5B-Instruct/lora/conch"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "compose" / "render.py"), "--out", str(out), "--set", "num_train_epoch=5"],
+        [sys.executable, str(ROOT / "compose" / "render.py"), "--out", str(out),
+         "--set", "num_train_epoch=5"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1

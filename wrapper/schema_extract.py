@@ -41,7 +41,12 @@ MACHINE_DEPENDENT_DEFAULTS: frozenset[str] = frozenset({"optim"})
 MACHINE_DEPENDENT_MARKER = "<machine-dependent>"
 
 _PRIMITIVES: dict[type, str] = {
-    str: "str", int: "int", float: "float", bool: "bool", dict: "dict", list: "list",
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    dict: "dict",
+    list: "list",
 }
 
 
@@ -77,8 +82,11 @@ def normalise_type(tp: Any) -> tuple[str, bool, list[Any] | None]:
     nullable = type(None) in members
     members = [m for m in members if m is not type(None)]
     kinds = [_kind(m) for m in members]
-    enums = [choices for (kind, choices), m in zip(kinds, members, strict=True)
-             if isinstance(m, type) and issubclass(m, enum.Enum)]
+    enums = [
+        choices
+        for (kind, choices), m in zip(kinds, members, strict=True)
+        if isinstance(m, type) and issubclass(m, enum.Enum)
+    ]
     if len(kinds) == 1:
         kind, choices = kinds[0]
         return kind, nullable, choices

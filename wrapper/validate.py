@@ -25,10 +25,20 @@ from wrapper.schema import Schema, load_schema
 # which refuses a dataset without `ranking: true` (llamafactory/data/loader.py _get_merged_dataset).
 PAIRWISE_STAGES = ("dpo", "rm")
 # Keys LLaMA-Factory passes through split_arg(), so a YAML list works as well as a comma-separated string.
-COMMA_LIST_KEYS = frozenset({
-    "additional_target", "apollo_target", "dataset", "eval_dataset", "freeze_extra_modules",
-    "freeze_trainable_modules", "galore_target", "interleave_probs", "lora_target", "oft_target",
-})
+COMMA_LIST_KEYS = frozenset(
+    {
+        "additional_target",
+        "apollo_target",
+        "dataset",
+        "eval_dataset",
+        "freeze_extra_modules",
+        "freeze_trainable_modules",
+        "galore_target",
+        "interleave_probs",
+        "lora_target",
+        "oft_target",
+    }
+)
 TRAIN_REQUIRED = ("stage", "model_name_or_path", "output_dir", "finetuning_type")
 DEFAULT_DATASET_DIR = "data"  # DataArguments.dataset_dir's default, relative to where LLaMA-Factory runs
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
@@ -82,8 +92,13 @@ def _walk(node: yaml.Node, file: str, seen: set[int], problems: list[Problem]) -
     safe = True
     if node.tag not in _SAFE_TAGS:
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-        problems.append(Problem(
-            f"YAML tag `{tag}` refused: a config holds plain values only; remove the tag", file, _line(node)))
+        problems.append(
+            Problem(
+                f"YAML tag `{tag}` refused: a config holds plain values only; remove the tag",
+                file,
+                _line(node),
+            )
+        )
         safe = False
     if isinstance(node, yaml.MappingNode):
         first_at: dict[str, int] = {}
@@ -91,10 +106,14 @@ def _walk(node: yaml.Node, file: str, seen: set[int], problems: list[Problem]) -
             if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
                 key = key_node.value
                 if key in first_at:
-                    problems.append(Problem(
-                        f"duplicate key `{key}` (first at line {first_at[key]}); LLaMA-Factory would use "
-                        "only the last value, keep one",
-                        file, _line(key_node)))
+                    problems.append(
+                        Problem(
+                            f"duplicate key `{key}` (first at line {first_at[key]}); LLaMA-Factory would use "
+                            "only the last value, keep one",
+                            file,
+                            _line(key_node),
+                        )
+                    )
                 else:
                     first_at[key] = _line(key_node)
             safe = _walk(key_node, file, seen, problems) and safe
@@ -120,13 +139,28 @@ def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
         except yaml.YAMLError as exc:
             return ParsedYaml(None, problems=[Problem(f"YAML syntax error: {exc}; fix the syntax", file, 1)])
         if root is None:
-            return ParsedYaml(None, problems=[Problem(
-                "the file is empty; expected a mapping of LLaMA-Factory keys such as `stage: sft`", file, 1)])
+            return ParsedYaml(
+                None,
+                problems=[
+                    Problem(
+                        "the file is empty; expected a mapping of LLaMA-Factory keys such as `stage: sft`",
+                        file,
+                        1,
+                    )
+                ],
+            )
         if not isinstance(root, yaml.MappingNode):
             kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
-            return ParsedYaml(None, problems=[Problem(
-                f"the config must be a mapping of keys to values (`key: value` lines), not {kind}",
-                file, _line(root))])
+            return ParsedYaml(
+                None,
+                problems=[
+                    Problem(
+                        f"the config must be a mapping of keys to values (`key: value` lines), not {kind}",
+                        file,
+                        _line(root),
+                    )
+                ],
+            )
         problems: list[Problem] = []
         data: dict[str, Any] = {}
         lines: dict[str, int] = {}
@@ -136,14 +170,22 @@ def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
             safe = _walk(key_node, file, seen, problems)
             safe = _walk(value_node, file, seen, problems) and safe
             if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
-                problems.append(Problem(
-                    "only plain `key: value` entries are allowed at the top level", file, _line(key_node)))
+                problems.append(
+                    Problem(
+                        "only plain `key: value` entries are allowed at the top level", file, _line(key_node)
+                    )
+                )
                 continue
             key = key_node.value
             if key in lines:
-                problems.append(Problem(
-                    f"duplicate key `{key}` (first at line {lines[key]}); LLaMA-Factory would use only the "
-                    "last value, keep one", file, _line(key_node)))
+                problems.append(
+                    Problem(
+                        f"duplicate key `{key}` (first at line {lines[key]}); "
+                        "LLaMA-Factory would use only the last value, keep one",
+                        file,
+                        _line(key_node),
+                    )
+                )
             lines[key] = _line(key_node)  # the last one: its value is the one used
             if safe:
                 data[key] = loader.construct_object(value_node, deep=True)
@@ -158,7 +200,7 @@ def parse_yaml(text: str, file: str = "<config>") -> ParsedYaml:
 
 
 def config_kind(data: dict[str, Any]) -> str:
-    """"export" (export_* keys), "train" (a stage, dataset or training keys) or "infer" (api, chat)."""
+    """ "export" (export_* keys), "train" (a stage, dataset or training keys) or "infer" (api, chat)."""
     if any(key.startswith("export_") for key in data):
         return "export"
     schema = load_schema()
@@ -215,14 +257,21 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
     if stage == "ppo":
         need("reward_model", "for stage ppo: the reward model (or adapter) that scores the samples")
     if not data.get("do_train") and not only_eval:
-        problems.append(at.warning(
-            "`do_train` is not true, so LLaMA-Factory would load everything and not train; "
-            "add `do_train: true`",
-            anchor))
+        problems.append(
+            at.warning(
+                "`do_train` is not true, so LLaMA-Factory would load everything and not train; "
+                "add `do_train: true`",
+                anchor,
+            )
+        )
     if "template" not in data:
-        problems.append(at.warning(
-            "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
-            "name the model's chat template", anchor))
+        problems.append(
+            at.warning(
+                "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
+                "name the model's chat template",
+                anchor,
+            )
+        )
     return problems
 
 
@@ -237,8 +286,13 @@ def _check_template(data: dict[str, Any], schema: Schema, at: _At) -> list[Probl
     model = data.get("model_name_or_path")
     known = schema.default_template(model) if isinstance(model, str) else None
     if known and known != template:
-        return [at.warning(f"`{model}` is registered with chat template `{known}`, not `{template}`; a model "
-                           "trained or served with another template tends to ramble", "template")]
+        return [
+            at.warning(
+                f"`{model}` is registered with chat template `{known}`, not `{template}`; a model "
+                "trained or served with another template tends to ramble",
+                "template",
+            )
+        ]
     return []
 
 
@@ -263,9 +317,13 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
     where = "dataset_dir" if "dataset_dir" in data else "dataset"
     info_path = dataset_dir / "dataset_info.json"
     if not info_path.is_file():
-        return [at.error(
-            f"no dataset_info.json in dataset_dir {dataset_dir}; point `dataset_dir` at the folder "
-            "holding it (relative paths are taken from the config's folder)", where)]
+        return [
+            at.error(
+                f"no dataset_info.json in dataset_dir {dataset_dir}; point `dataset_dir` at the folder "
+                "holding it (relative paths are taken from the config's folder)",
+                where,
+            )
+        ]
     try:
         info = read_dataset_info(info_path)
     except DatasetError as exc:
@@ -283,18 +341,31 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
         ranking = bool(entry.get("ranking", False))
         has_kto_tag = bool((entry.get("columns") or {}).get("kto_tag"))
         if stage in PAIRWISE_STAGES and not ranking:
-            problems.append(at.error(
-                f"stage {stage} needs a preference dataset (`ranking: true` with chosen/rejected columns), "
-                f"but `{name}` is not one; use a ranking dataset such as dpo_demo", key))
+            problems.append(
+                at.error(
+                    f"stage {stage} needs a preference dataset "
+                    f"(`ranking: true` with chosen/rejected columns), "
+                    f"but `{name}` is not one; use a ranking dataset such as dpo_demo",
+                    key,
+                )
+            )
         elif stage == "kto" and (ranking or not has_kto_tag):
             why = "is a ranking dataset" if ranking else "has no `kto_tag` column"
-            problems.append(at.error(
-                f"stage kto needs single answers labelled by a boolean `kto_tag` column (no ranking), but "
-                f"`{name}` {why}; use a dataset such as kto_demo", key))
+            problems.append(
+                at.error(
+                    "stage kto needs single answers labelled by a boolean `kto_tag` column "
+                    f"(no ranking), but `{name}` {why}; use a dataset such as kto_demo",
+                    key,
+                )
+            )
         elif stage in ("pt", "sft", "ppo") and ranking:
-            problems.append(at.error(
-                f"`{name}` is a ranking (preference) dataset, which LLaMA-Factory refuses for stage {stage}; "
-                "use it with stage dpo or rm", key))
+            problems.append(
+                at.error(
+                    f"`{name}` is a ranking (preference) dataset, "
+                    f"which LLaMA-Factory refuses for stage {stage}; use it with stage dpo or rm",
+                    key,
+                )
+            )
     return problems
 
 

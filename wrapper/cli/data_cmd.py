@@ -9,22 +9,26 @@ import click
 FORMATTING = click.Choice(["alpaca", "sharegpt", "openai"])
 
 
-@click.group(help="""Check, register, list and fill datasets.
+@click.group(
+    help="""Check, register, list and fill datasets.
 
 Datasets live in $LFWRAP_HOME/datasets next to a dataset_info.json that LLaMA-Factory reads; the
 bundled ones (identity, alpaca_demo, sharegpt_demo, dpo_demo, kto_demo) are always listed.
-""", epilog="""\b
+""",
+    epilog="""\b
 Examples:
   $ lfwrap data list
   $ lfwrap data check qa.jsonl --formatting alpaca
   $ lfwrap data add my_qa qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data identity --name 神奇海螺 --author 蟹堡王
-""")
+""",
+)
 def data() -> None:
     pass
 
 
-@data.command(help="""Check every row of a JSON or JSONL data file, streaming it.
+@data.command(
+    help="""Check every row of a JSON or JSONL data file, streaming it.
 
 Reports each bad row (row number, line, field, what is wrong), capped at --max-errors rows with a
 count of the rest, then a summary (rows, turns, mean/max characters). Exit status 1 when any row
@@ -34,25 +38,48 @@ output); sharegpt rows need a conversations list of from/value messages, an opti
 message first, then human/gpt turns alternating; openai rows need messages with role/content;
 kto_tag must be true or false. A file named dataset_info.json is checked as LLaMA-Factory's dataset
 registry instead (unknown keys, column and tag names, with "did you mean").
-""", epilog="""\b
+""",
+    epilog="""\b
 Examples:
   $ lfwrap data check qa.jsonl
   $ lfwrap data check chats.json --formatting sharegpt
   $ lfwrap data check prefs.jsonl --ranking --max-errors 5
   $ lfwrap data check qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data check my_data/dataset_info.json
-""")
+""",
+)
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
-@click.option("--columns", "columns", multiple=True, metavar="K=V[,K=V]",
-              help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).")
-@click.option("--tags", "tags", multiple=True, metavar="K=V[,K=V]",
-              help="Role tags for sharegpt/openai rows (e.g. user_tag=user).")
-@click.option("--max-errors", type=click.IntRange(min=1), default=20, show_default=True,
-              help="How many bad rows to list.")
-def check(file: Path, formatting: str, ranking: bool, columns: tuple[str, ...], tags: tuple[str, ...],
-          max_errors: int) -> None:
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).",
+)
+@click.option(
+    "--tags",
+    "tags",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Role tags for sharegpt/openai rows (e.g. user_tag=user).",
+)
+@click.option(
+    "--max-errors",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many bad rows to list.",
+)
+def check(
+    file: Path,
+    formatting: str,
+    ranking: bool,
+    columns: tuple[str, ...],
+    tags: tuple[str, ...],
+    max_errors: int,
+) -> None:
     from wrapper.datasets.add import parse_pairs
     from wrapper.datasets.check import check_file, format_report
     from wrapper.datasets.info import COLUMN_NAMES, TAG_NAMES
@@ -64,9 +91,14 @@ def check(file: Path, formatting: str, ranking: bool, columns: tuple[str, ...], 
         entries = read_dataset_info(file)
         click.echo(f"{file}: {len(entries)} dataset(s), every entry valid")
         return
-    report = check_file(file, formatting=formatting, ranking=ranking,
-                        columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
-                        tags=parse_pairs(tags, TAG_NAMES, "--tags"), max_errors=max_errors)
+    report = check_file(
+        file,
+        formatting=formatting,
+        ranking=ranking,
+        columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
+        tags=parse_pairs(tags, TAG_NAMES, "--tags"),
+        max_errors=max_errors,
+    )
     for line in format_report(report, max_errors):
         click.echo(line)
     if not report.ok:
@@ -74,44 +106,74 @@ def check(file: Path, formatting: str, ranking: bool, columns: tuple[str, ...], 
         raise DatasetError(f"{file} has {what}; fix the rows listed above and check again.")
 
 
-@data.command(help="""Check a data file, copy it into $LFWRAP_HOME/datasets and register it as NAME.
+@data.command(
+    help="""Check a data file, copy it into $LFWRAP_HOME/datasets and register it as NAME.
 
 NAME is letters, digits, '_', '-' or '.'; the file is copied to NAME.json / NAME.jsonl inside the
 datasets folder and dataset_info.json is rewritten atomically, keeping every other entry. A
 user dataset with the name of a bundled one replaces it. Nothing is registered when a row is bad.
-""", epilog="""\b
+""",
+    epilog="""\b
 Examples:
   $ lfwrap data add my_qa qa.jsonl
   $ lfwrap data add my_qa qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data add chats chats.json --formatting sharegpt
   $ lfwrap data add prefs prefs.jsonl --ranking
-""")
+""",
+)
 @click.argument("name")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
-@click.option("--columns", "columns", multiple=True, metavar="K=V[,K=V]",
-              help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).")
-@click.option("--tags", "tags", multiple=True, metavar="K=V[,K=V]",
-              help="Role tags for sharegpt/openai rows (e.g. user_tag=user).")
+@click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).",
+)
+@click.option(
+    "--tags",
+    "tags",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Role tags for sharegpt/openai rows (e.g. user_tag=user).",
+)
 @click.option("--description", default="", help="One line shown by `lfwrap data list`.")
-def add(name: str, file: Path, formatting: str, ranking: bool, columns: tuple[str, ...],
-        tags: tuple[str, ...], description: str) -> None:
+def add(
+    name: str,
+    file: Path,
+    formatting: str,
+    ranking: bool,
+    columns: tuple[str, ...],
+    tags: tuple[str, ...],
+    description: str,
+) -> None:
     from wrapper.datasets.add import add_dataset, parse_pairs
     from wrapper.datasets.info import COLUMN_NAMES, TAG_NAMES
 
-    added = add_dataset(name, file, formatting=formatting, ranking=ranking,
-                        columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
-                        tags=parse_pairs(tags, TAG_NAMES, "--tags"), description=description)
+    added = add_dataset(
+        name,
+        file,
+        formatting=formatting,
+        ranking=ranking,
+        columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
+        tags=parse_pairs(tags, TAG_NAMES, "--tags"),
+        description=description,
+    )
     click.echo(f"Registered '{added.name}': {added.report.rows} rows, copied to {added.path}")
     click.echo(f"dataset_dir: {added.dataset_dir}  (use it with: --set dataset={added.name})")
 
 
-@data.command(name="list", help="""List the datasets LLaMA-Factory will see (bundled and your own).
-""", epilog="""\b
+@data.command(
+    name="list",
+    help="""List the datasets LLaMA-Factory will see (bundled and your own).
+""",
+    epilog="""\b
 Examples:
   $ lfwrap data list
-""")
+""",
+)
 def list_() -> None:
     from wrapper.datasets.add import list_datasets
     from wrapper.datasets.registry import prepare_dataset_dir
@@ -119,8 +181,16 @@ def list_() -> None:
     folder = prepare_dataset_dir()
     rows = [("NAME", "SOURCE", "FORMATTING", "RANKING", "ROWS", "FILE")]
     for item in list_datasets():
-        rows.append((item.name, item.source, item.formatting, "yes" if item.ranking else "no",
-                     "?" if item.rows is None else str(item.rows), item.file))
+        rows.append(
+            (
+                item.name,
+                item.source,
+                item.formatting,
+                "yes" if item.ranking else "no",
+                "?" if item.rows is None else str(item.rows),
+                item.file,
+            )
+        )
     widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -128,15 +198,18 @@ def list_() -> None:
     click.echo(f"dataset_dir: {folder}")
 
 
-@data.command(help="""Fill the identity dataset's {{name}} and {{author}} and register it as `identity`.
+@data.command(
+    help="""Fill the identity dataset's {{name}} and {{author}} and register it as `identity`.
 
 The filled rows are written to $LFWRAP_HOME/datasets/identity.json (values are JSON-escaped, so
 any name is safe) and replace the bundled placeholder set for every later run.
-""", epilog="""\b
+""",
+    epilog="""\b
 Examples:
   $ lfwrap data identity --name 神奇海螺 --author 蟹堡王
   $ lfwrap data identity --name Ada --author "Example Labs"
-""")
+""",
+)
 @click.option("--name", required=True, help="The assistant's name.")
 @click.option("--author", required=True, help="Who built it.")
 def identity(name: str, author: str) -> None:

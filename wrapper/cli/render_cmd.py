@@ -26,15 +26,25 @@ Examples:
 
 @click.command("render", help=HELP)
 @click.option(
-    "--template", "-t", "template", required=True, metavar="NAME",
+    "--template",
+    "-t",
+    "template",
+    required=True,
+    metavar="NAME",
     help="Template name (see `lfwrap templates`).",
 )
 @click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE",
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Set a variable or LLaMA-Factory key (repeatable).",
 )
 @click.option(
-    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="Write the YAML to this file instead of printing it.",
 )
 def render(template: str, sets: tuple[str, ...], output: Path | None) -> None:

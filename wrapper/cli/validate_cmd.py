@@ -45,7 +45,9 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
         if not problems and not quiet:
             click.echo(f"{path}: ok")
     verdict = "FAILED" if errors else "ok"
-    click.echo(f"{_plural(len(files), 'file')} checked: {_plural(errors, 'error')}, "
-               f"{_plural(warnings, 'warning')} ({verdict})")
+    click.echo(
+        f"{_plural(len(files), 'file')} checked: {_plural(errors, 'error')}, "
+        f"{_plural(warnings, 'warning')} ({verdict})"
+    )
     if errors:
         sys.exit(1)  # SystemExit passes through click's non-standalone main unchanged

@@ -47,8 +47,9 @@ def parse_pairs(items: Sequence[str], allowed: tuple[str, ...], option: str) -> 
     return pairs
 
 
-def effective_columns(formatting: str, ranking: bool, given: dict[str, str],
-                      seen: set[str]) -> dict[str, str]:
+def effective_columns(
+    formatting: str, ranking: bool, given: dict[str, str], seen: set[str]
+) -> dict[str, str]:
     """The columns to write: the ones given, plus each default whose field the file actually has.
 
     LLaMA-Factory reads history, system, chosen, rejected, kto_tag ... only when dataset_info.json
@@ -72,9 +73,17 @@ class Added:
     dataset_dir: Path
 
 
-def add_dataset(name: str, source: Path, *, formatting: str = "alpaca", ranking: bool = False,
-                columns: dict[str, str] | None = None, tags: dict[str, str] | None = None,
-                description: str = "", max_errors: int = 20) -> Added:
+def add_dataset(
+    name: str,
+    source: Path,
+    *,
+    formatting: str = "alpaca",
+    ranking: bool = False,
+    columns: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    description: str = "",
+    max_errors: int = 20,
+) -> Added:
     """Check a data file, copy it into $LFWRAP_HOME/datasets and register it under `name`.
 
     Raises DatasetError (with the report's problems) when any row is bad; nothing is copied then.
@@ -88,8 +97,9 @@ def add_dataset(name: str, source: Path, *, formatting: str = "alpaca", ranking:
     target = (folder / f"{name}{suffix}").resolve()
     if target.parent != folder:
         raise UsageError(f"Dataset name {name!r} would write outside {folder}; choose a plain name.")
-    report = check_file(source, formatting=formatting, ranking=ranking, columns=columns, tags=tags,
-                        max_errors=max_errors)
+    report = check_file(
+        source, formatting=formatting, ranking=ranking, columns=columns, tags=tags, max_errors=max_errors
+    )
     if not report.ok:
         problems = [Problem(str(problem), str(source), problem.line) for problem in report.problems]
         if report.fatal:
@@ -161,8 +171,13 @@ def list_datasets() -> list[Listed]:
     listed: list[Listed] = []
     for name, entry in merged_entries().items():
         file_name: Any = entry.get("file_name") or next(
-            (entry[key] for key in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-             if entry.get(key)), "")
+            (
+                entry[key]
+                for key in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+                if entry.get(key)
+            ),
+            "",
+        )
         if name in user:
             source, rows = "user", user[name].rows
         elif name in bundled:
@@ -170,7 +185,14 @@ def list_datasets() -> list[Listed]:
         else:
             source = f"hand-added in {INFO_FILE}"
             rows = _count_rows(folder / file_name) if entry.get("file_name") else None
-        listed.append(Listed(name, source, entry.get("formatting", "alpaca"), bool(entry.get("ranking")),
-                             rows, str(file_name)))
+        listed.append(
+            Listed(
+                name,
+                source,
+                entry.get("formatting", "alpaca"),
+                bool(entry.get("ranking")),
+                rows,
+                str(file_name),
+            )
+        )
     return listed
-

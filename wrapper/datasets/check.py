@@ -56,8 +56,10 @@ class CheckReport:
     def summary(self) -> str:
         good = self.rows - self.bad_rows
         mean = self.chars / good if good else 0.0
-        return (f"{self.rows} rows ({self.bad_rows} bad), {self.turns} turns, "
-                f"characters per row: mean {mean:.1f}, max {self.max_chars}")
+        return (
+            f"{self.rows} rows ({self.bad_rows} bad), {self.turns} turns, "
+            f"characters per row: mean {mean:.1f}, max {self.max_chars}"
+        )
 
 
 # One decoded row: (row value or a parse error message, line number of its start).
@@ -111,7 +113,7 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
                     return
 
         skip_space()
-        if buffer[pos:pos + 1] != "[":
+        if buffer[pos : pos + 1] != "[":
             report.fatal = "line 1: expected a JSON array of rows ('[' ...) or JSON Lines"
             return
         pos += 1
@@ -119,10 +121,10 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
         rows_seen = 0
         while True:
             skip_space()
-            if buffer[pos:pos + 1] == "]":
+            if buffer[pos : pos + 1] == "]":
                 return
             if not first:
-                if buffer[pos:pos + 1] != ",":
+                if buffer[pos : pos + 1] != ",":
                     report.fatal = f"line {line}: expected ',' or ']' after row {rows_seen}"
                     return
                 pos += 1
@@ -157,9 +159,16 @@ def _is_jsonl(path: Path) -> bool:
     return not head.startswith(b"[")
 
 
-def check_file(path: Path, *, formatting: str = "alpaca", ranking: bool = False,
-               columns: Mapping[str, str] | None = None, tags: Mapping[str, str] | None = None,
-               max_errors: int = 20, check: RowCheck | None = None) -> CheckReport:
+def check_file(
+    path: Path,
+    *,
+    formatting: str = "alpaca",
+    ranking: bool = False,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    max_errors: int = 20,
+    check: RowCheck | None = None,
+) -> CheckReport:
     """Check every row of a JSON / JSONL data file; never loads the whole file."""
     if not path.is_file():
         raise DatasetError(f"Data file {path} does not exist; check the path.")

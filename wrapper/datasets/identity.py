@@ -59,7 +59,7 @@ def write_identity(name: str, author: str) -> Path:
         file=path.name,
         formatting="alpaca",
         description=f"Identity set filled with name {json.dumps(name, ensure_ascii=False)} and author "
-                    f"{json.dumps(author, ensure_ascii=False)}.",
+        f"{json.dumps(author, ensure_ascii=False)}.",
         rows=len(rows),
     )
     register("identity", entry)

@@ -113,10 +113,16 @@ def _describe(error: dict[str, Any], name: str) -> str:
     if kind == "literal_error" and loc == ("formatting",):
         value = error.get("input")
         return f"{where}: '{value}' is not a formatting; use one of {', '.join(FORMATTINGS)}" + did_you_mean(
-            str(value), FORMATTINGS)
+            str(value), FORMATTINGS
+        )
     if kind in ("bool_type", "int_type", "string_type", "model_type", "dict_type"):
-        expected = {"bool_type": "true or false", "int_type": "an integer", "string_type": "a string",
-                    "model_type": "an object", "dict_type": "an object"}[kind]
+        expected = {
+            "bool_type": "true or false",
+            "int_type": "an integer",
+            "string_type": "a string",
+            "model_type": "an object",
+            "dict_type": "an object",
+        }[kind]
         return f"{where}: expected {expected}, got {json.dumps(error.get('input'), ensure_ascii=False)}"
     message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}"

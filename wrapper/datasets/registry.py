@@ -171,8 +171,10 @@ def register(name: str, entry: RegistryEntry) -> Path:
     target = (folder / entry.file).resolve()
     if not target.is_relative_to(folder.resolve()):
         raise UsageError(f"Dataset file {entry.file!r} is outside {folder}; datasets must live inside it.")
-    current = {key: value.model_dump(exclude_none=True, exclude_defaults=True) | {"file": value.file}
-               for key, value in user_registry().items()}
+    current = {
+        key: value.model_dump(exclude_none=True, exclude_defaults=True) | {"file": value.file}
+        for key, value in user_registry().items()
+    }
     current[name] = entry.model_dump(exclude_none=True, exclude_defaults=True) | {"file": entry.file}
     header = "# Added by `lfwrap data add` / `lfwrap data identity`; rendered into dataset_info.json.\n"
     write_atomic(folder / REGISTRY_FILE, header + yaml.safe_dump(current, allow_unicode=True, sort_keys=True))

@@ -18,17 +18,50 @@ Finding = tuple[str | None, str]  # (field or None, what is wrong)
 Result = tuple[int, int] | list[Finding]
 RowCheck = Callable[[Any], Result]
 
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
-                  "system": "system", "chosen": "chosen", "rejected": "rejected", "kto_tag": "kto_tag",
-                  "tools": "tools", "images": "images", "videos": "videos", "audios": "audios"}
-SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "chosen": "chosen",
-                    "rejected": "rejected", "kto_tag": "kto_tag", "tools": "tools", "images": "images",
-                    "videos": "videos", "audios": "audios"}
+ALPACA_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": "history",
+    "system": "system",
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "kto_tag": "kto_tag",
+    "tools": "tools",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audios",
+}
+SHAREGPT_COLUMNS = {
+    "messages": "conversations",
+    "system": "system",
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "kto_tag": "kto_tag",
+    "tools": "tools",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audios",
+}
 OPENAI_COLUMNS = {**SHAREGPT_COLUMNS, "messages": "messages"}
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "observation_tag": "tool", "function_tag": "function", "system_tag": "system"}
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+OPENAI_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "observation_tag": "tool",
+    "function_tag": "function",
+    "system_tag": "system",
+}
 
 
 def defaults(formatting: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -44,8 +77,15 @@ def describe(value: Any) -> str:
     """A short, JSON-like description of a value for messages."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
-    kind = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     text = json.dumps(value, ensure_ascii=False)
     return kind if len(text) > 40 else f"{kind} {text}"
 
@@ -155,8 +195,9 @@ def _alpaca(columns: Mapping[str, str], ranking: bool, kto_required: bool) -> Ro
     return check
 
 
-def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool, kto_required: bool,
-              openai: bool) -> RowCheck:
+def _messages(
+    columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool, kto_required: bool, openai: bool
+) -> RowCheck:
     """sharegpt and openai: a list of role/content messages, optional system first, roles alternating."""
     messages, system, kto_tag = columns["messages"], columns["system"], columns["kto_tag"]
     chosen, rejected = columns["chosen"], columns["rejected"]
@@ -213,8 +254,12 @@ def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool
                 name = message.get(role)
                 if role in message and name not in all_roles:
                     hint = did_you_mean(str(name), all_roles)
-                    found.append((f"{where}.{role}", f"unknown role {describe(name)}; expected one of "
-                                                     f"{', '.join(all_roles)}{hint}"))
+                    found.append(
+                        (
+                            f"{where}.{role}",
+                            f"unknown role {describe(name)}; expected one of {', '.join(all_roles)}{hint}",
+                        )
+                    )
             if found:
                 return found + _unknown_keys(row, known, hints)
             if turns[0].get(role) == system_tag:
@@ -223,25 +268,47 @@ def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool
             for position, (index, name) in enumerate(order):
                 allowed = odd if position % 2 == 0 else even
                 if name not in allowed:
-                    found.append((f"{messages}[{index + start}].{role}",
-                                  f"'{name}' out of order: turn {position + 1} must be "
-                                  f"{' or '.join(repr(tag) for tag in allowed)} (roles alternate after an "
-                                  f"optional first '{system_tag}')"))
+                    found.append(
+                        (
+                            f"{messages}[{index + start}].{role}",
+                            f"'{name}' out of order: turn {position + 1} must be "
+                            f"{' or '.join(repr(tag) for tag in allowed)} (roles alternate after an "
+                            f"optional first '{system_tag}')",
+                        )
+                    )
                     break
             if not found:
                 if ranking and len(order) % 2 == 0:
-                    found.append((messages, f"{len(order)} turn(s): a preference row must end with a "
-                                            f"'{user}' turn, answered by '{chosen}' and '{rejected}'"))
+                    found.append(
+                        (
+                            messages,
+                            f"{len(order)} turn(s): a preference row must end with a "
+                            f"'{user}' turn, answered by '{chosen}' and '{rejected}'",
+                        )
+                    )
                 elif not ranking and (len(order) % 2 or not order):
-                    found.append((messages, f"{len(order)} turn(s): it must end with an answer from "
-                                            f"'{assistant}' (an even count after any system prompt)"))
+                    found.append(
+                        (
+                            messages,
+                            f"{len(order)} turn(s): it must end with an answer from "
+                            f"'{assistant}' (an even count after any system prompt)",
+                        )
+                    )
         if ranking:
             for name in (chosen, rejected):
                 answer = row.get(name)
-                if not (isinstance(answer, dict) and answer.get(role) in even
-                        and isinstance(answer.get(content), str)):
-                    found.append((name, f"expected an object with '{role}': '{assistant}' and a string "
-                                        f"'{content}', got {describe(answer)}"))
+                if not (
+                    isinstance(answer, dict)
+                    and answer.get(role) in even
+                    and isinstance(answer.get(content), str)
+                ):
+                    found.append(
+                        (
+                            name,
+                            f"expected an object with '{role}': '{assistant}' and a string "
+                            f"'{content}', got {describe(answer)}",
+                        )
+                    )
         if row.get(system) is not None and not isinstance(row[system], str):
             found.append((system, f"expected a string, got {describe(row[system])}"))
         if kto_tag in row or kto_required:
@@ -292,8 +359,13 @@ def _messages(columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool
     return check
 
 
-def row_checker(formatting: str, *, ranking: bool = False, columns: Mapping[str, str] | None = None,
-                tags: Mapping[str, str] | None = None) -> RowCheck:
+def row_checker(
+    formatting: str,
+    *,
+    ranking: bool = False,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> RowCheck:
     """The row check for a formatting; `columns` / `tags` override LLaMA-Factory's defaults."""
     base_columns, base_tags = defaults(formatting)
     kto_required = bool(columns and "kto_tag" in columns)

@@ -29,7 +29,7 @@ Gpus = Literal["all"] | list[str]
 
 
 def parse_gpus(text: str) -> Gpus:
-    """"all", "none" (CPU only: an empty list) or comma-separated device ids such as "0,1"."""
+    """ "all", "none" (CPU only: an empty list) or comma-separated device ids such as "0,1"."""
     value = text.strip().lower()
     if value == "all":
         return "all"
@@ -37,9 +37,7 @@ def parse_gpus(text: str) -> Gpus:
         return []
     ids = [part.strip() for part in value.split(",")]
     if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
-        raise UsageError(
-            f"--gpus {text!r} is not valid; use all, none, or distinct device ids such as 0,1."
-        )
+        raise UsageError(f"--gpus {text!r} is not valid; use all, none, or distinct device ids such as 0,1.")
     return ids
 
 
@@ -198,25 +196,61 @@ def distributed_options(command: F) -> F:
         return command(*args, **kwargs)
 
     flags = [
-        click.option("--gpus", metavar="all|none|IDS",
-                     help="GPUs to use: all, none (CPU) or ids such as 0,1 (CUDA_VISIBLE_DEVICES or the "
-                          "container's GPU request)."),
-        click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
-                     help="Number of machines taking part (torchrun NNODES)."),
-        click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, metavar="RANK",
-                     help="This machine's rank, 0 to nnodes-1 (torchrun NODE_RANK)."),
-        click.option("--master-addr", metavar="HOST",
-                     help="Address of the rank-0 machine; required with --nnodes > 1 (MASTER_ADDR)."),
-        click.option("--master-port", type=click.IntRange(1, 65535), metavar="PORT",
-                     help="Rendezvous port on the rank-0 machine (MASTER_PORT; default: a free port)."),
-        click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
-                     help="Processes per machine, one per GPU (NPROC_PER_NODE); forces torchrun."),
-        click.option("--deepspeed", type=click.Choice(DEEPSPEED_PRESETS),
-                     help="DeepSpeed ZeRO preset; writes its JSON into the run and launches with torchrun."),
-        click.option("--ray-address", metavar="ADDR",
-                     help="Train on a Ray cluster (USE_RAY=1, ray_init_kwargs.address), e.g. auto."),
-        click.option("--ray-num-workers", type=click.IntRange(min=1), metavar="N",
-                     help="Number of Ray training workers (ray_num_workers); enables Ray."),
+        click.option(
+            "--gpus",
+            metavar="all|none|IDS",
+            help="GPUs to use: all, none (CPU) or ids such as 0,1 (CUDA_VISIBLE_DEVICES or the "
+            "container's GPU request).",
+        ),
+        click.option(
+            "--nnodes",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            metavar="N",
+            help="Number of machines taking part (torchrun NNODES).",
+        ),
+        click.option(
+            "--node-rank",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            metavar="RANK",
+            help="This machine's rank, 0 to nnodes-1 (torchrun NODE_RANK).",
+        ),
+        click.option(
+            "--master-addr",
+            metavar="HOST",
+            help="Address of the rank-0 machine; required with --nnodes > 1 (MASTER_ADDR).",
+        ),
+        click.option(
+            "--master-port",
+            type=click.IntRange(1, 65535),
+            metavar="PORT",
+            help="Rendezvous port on the rank-0 machine (MASTER_PORT; default: a free port).",
+        ),
+        click.option(
+            "--nproc-per-node",
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="Processes per machine, one per GPU (NPROC_PER_NODE); forces torchrun.",
+        ),
+        click.option(
+            "--deepspeed",
+            type=click.Choice(DEEPSPEED_PRESETS),
+            help="DeepSpeed ZeRO preset; writes its JSON into the run and launches with torchrun.",
+        ),
+        click.option(
+            "--ray-address",
+            metavar="ADDR",
+            help="Train on a Ray cluster (USE_RAY=1, ray_init_kwargs.address), e.g. auto.",
+        ),
+        click.option(
+            "--ray-num-workers",
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="Number of Ray training workers (ray_num_workers); enables Ray.",
+        ),
     ]
     decorated: Callable[..., Any] = wrapper
     for flag in reversed(flags):

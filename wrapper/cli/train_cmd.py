@@ -137,9 +137,13 @@ def _create(
         click.echo(f"  {problem}", err=True)
     docker = None
     if backend == "docker":
-        from wrapper.launch.docker_backend import DockerOptions
+        from wrapper.launch.docker_backend import DockerOptions, default_hf_cache
 
-        docker = DockerOptions(gpus=distributed.docker_gpus())
+        docker = DockerOptions(
+            gpus=distributed.docker_gpus(),
+            hf_cache=default_hf_cache(),
+            network=distributed.docker_network(),
+        )
         if image:
             docker.image = image
     elif image:

@@ -61,11 +61,12 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
         DockerOptions,
         Mount,
         container_config,
+        default_hf_cache,
         effective_mounts,
         start_container,
     )
 
-    options = DockerOptions()
+    options = DockerOptions(hf_cache=default_hf_cache())
     mounts: list[Mount] = model_mounts(config, run_dir)
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,13 @@ def llamafactory_version() -> str | None:
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment (CUDA_VISIBLE_DEVICES, NNODES, HF_HUB_OFFLINE ... pass through) plus
-    lfwrap's additions; output unbuffered so train.log follows the run as it happens."""
-    return {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
+    lfwrap's additions; output unbuffered so train.log follows the run as it happens.
+    This interpreter's bin folder goes first on PATH: LLaMA-Factory starts `torchrun` by name, which an
+    unactivated virtual environment would not otherwise provide."""
+    env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]) if env.get("PATH") else bin_dir
+    return env
 
 
 def spawn(command: list[str], *, cwd: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -150,12 +150,15 @@ def _start_docker(
     from wrapper.launch.docker_backend import (
         DockerOptions,
         container_config,
+        default_hf_cache,
         effective_mounts,
         start_container,
     )
 
     folder = config_path.parent
-    options = DockerOptions(ports={int(env["API_PORT"]): port}, bind_address=host)
+    options = DockerOptions(
+        ports={int(env["API_PORT"]): port}, bind_address=host, hf_cache=default_hf_cache()
+    )
     mounts = model_mounts(config, folder)
     all_mounts = effective_mounts(run_dir=folder, options=options, mounts=mounts)
     inside = container_config(config, all_mounts)

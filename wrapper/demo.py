@@ -3,11 +3,12 @@
     1. build the tiny demo Llama                      (wrapper.demo_model)
     2. fill the identity set: 神奇海螺 by 蟹堡王        (wrapper.datasets.identity)
     3. train sft_lora with the settings known to work  (wrapper.launch.train)
-    4. serve the run with LLaMA-Factory's API server   (wrapper.launch.serve)
-    5. ask "请问你是谁" over HTTP and print the answer
-    6. stop the server
+    4. serve the run with LLaMA-Factory's API server   (wrapper.launch.serve), behind its own API key
+    5. put the gateway in front of it with a fresh key  (wrapper.gateway), model name "conch"
+    6. ask "请问你是谁" with the official openai client through the gateway and print the answer
+    7. stop the gateway and the server
 
-Each step is a function, so more (a gateway in front of the server) slot in between.
+Each step is a function, so the pieces can be reused or rearranged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ AUTHOR = "蟹堡王"
 QUESTION = "请问你是谁"
 DEMO_DATASET = "identity_demo"
 DEMO_ROWS = ("hi", QUESTION)  # the 2-row identity subset the verified settings were measured on
+MODEL_NAME = "conch"  # the name callers use at the gateway
 
 # The settings verified on a 2-core CPU (../shared/DESIGN.md): ~20 s wall, exact identity answer after.
 DEMO_TRAIN_SETS = (
@@ -97,21 +99,34 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     return run_dir
 
 
-def step_ask(url: str, question: str = QUESTION) -> str:
-    import httpx
+def step_gateway(upstream_url: str, upstream_key: str, model: Path) -> tuple[Any, str]:
+    """Start the gateway (free port, background thread) routing MODEL_NAME to the API server, and
+    create a caller key for it; returns the running gateway and the key."""
+    from pydantic import SecretStr
 
-    response = httpx.post(
-        f"{url}/v1/chat/completions",
-        timeout=120,
-        json={
-            "model": "demo",
-            "messages": [{"role": "user", "content": question}],
-            "do_sample": False,
-        },
+    from wrapper.gateway.keys import KeyStore
+    from wrapper.gateway.server import start_background
+    from wrapper.gateway.settings import GatewaySettings, ModelRoute
+
+    route = ModelRoute(
+        name=MODEL_NAME, upstream=upstream_url, upstream_key=SecretStr(upstream_key), tokenizer=model
     )
-    response.raise_for_status()
-    data: dict[str, Any] = response.json()
-    return str(data["choices"][0]["message"]["content"])
+    settings = GatewaySettings(models=[route], port=0, access_log=False)
+    _, key = KeyStore(settings.keys_path()).create(models=[MODEL_NAME], name="demo")
+    return start_background(settings), key
+
+
+def step_ask(base_url: str, key: str, question: str = QUESTION) -> str:
+    """One chat completion with the official openai client (greedy decoding, as trained)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=key, timeout=120, max_retries=0)
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=[{"role": "user", "content": question}],
+        extra_body={"do_sample": False},
+    )
+    return reply.choices[0].message.content or ""
 
 
 def free_port(preferred: int = 8000) -> int:
@@ -129,22 +144,29 @@ def free_port(preferred: int = 8000) -> int:
 
 
 def main() -> int:
+    import secrets
+
     from wrapper.errors import LfwrapError
     from wrapper.launch.serve import serve_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        print("1/5 building the tiny demo model ...", flush=True)
+        print("1/6 building the tiny demo model ...", flush=True)
         model = step_model()
-        print(f"2/5 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)
+        print(f"2/6 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)
         dataset = prepare_identity_demo()
-        print("3/5 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
+        print("3/6 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
         run_dir = step_train(model, dataset)
-        print("4/5 starting LLaMA-Factory's API server ...", flush=True)
-        with serve_run(run_dir.name, port=free_port()) as server:
-            print(f"    serving at {server.url}", flush=True)
-            print(f"5/5 asking: {QUESTION}", flush=True)
-            answer = step_ask(server.url)
+        print("4/6 starting LLaMA-Factory's API server ...", flush=True)
+        upstream_key = secrets.token_urlsafe(24)
+        with serve_run(run_dir.name, port=free_port(), api_key=upstream_key) as server:
+            print(f"    LLaMA-Factory API server at {server.url}", flush=True)
+            print("5/6 starting the gateway with a new key ...", flush=True)
+            gateway, key = step_gateway(server.url, upstream_key, model)
+            with gateway:
+                print(f"    gateway at {gateway.base_url} (model {MODEL_NAME!r})", flush=True)
+                print(f"6/6 asking through the gateway with the openai client: {QUESTION}", flush=True)
+                answer = step_ask(gateway.base_url, key)
         print(f"Answer: {answer}", flush=True)
     except LfwrapError as exc:
         print(f"Error: {exc}", file=sys.stderr)

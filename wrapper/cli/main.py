@@ -36,9 +36,10 @@ QUICK_START = """Fine-tune an open LLM with LLaMA-Factory and serve it behind an
 Quick start (tiny demo model, runs on a CPU in minutes):
   $ lfwrap demo-model                                  # build the tiny Llama locally
   $ lfwrap data identity --name 神奇海螺 --author 蟹堡王   # fill the identity dataset
-  $ lfwrap train --template sft_lora --model ~/.lfwrap/models/tiny-llama --set template=default
-  $ lfwrap serve RUN                                   # LLaMA-Factory API server on :8000
-  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
+  $ lfwrap train -t sft_lora --model ~/.lfwrap/models/tiny-llama --set template=default --name conch
+  $ lfwrap serve conch                                 # LLaMA-Factory API server on :8000
+  $ export OPENAI_API_KEY=$(lfwrap keys create)        # in another terminal
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch   # OpenAI-compatible on :8080
 
 \b
 Check before you launch:

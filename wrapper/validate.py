@@ -296,7 +296,8 @@ def _check_template(data: dict[str, Any], schema: Schema, at: _At) -> list[Probl
     return []
 
 
-def _names(value: Any) -> list[str]:
+def split_names(value: Any) -> list[str]:
+    """Dataset names of a `dataset:` value: LLaMA-Factory's comma list, or a YAML list."""
     if isinstance(value, str):
         return [name.strip() for name in value.split(",") if name.strip()]
     if isinstance(value, list):
@@ -305,7 +306,7 @@ def _names(value: Any) -> list[str]:
 
 
 def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> list[Problem]:
-    used = [(key, name) for key in ("dataset", "eval_dataset") for name in _names(data.get(key))]
+    used = [(key, name) for key in ("dataset", "eval_dataset") for name in split_names(data.get(key))]
     raw_dir = data.get("dataset_dir", DEFAULT_DATASET_DIR)
     if not used or not isinstance(raw_dir, str) or raw_dir == ONLINE:
         return []

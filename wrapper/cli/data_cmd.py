@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 FORMATTING = click.Choice(["alpaca", "sharegpt", "openai"])
+
+columns_option = click.option(
+    "--columns",
+    "columns",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).",
+)
+tags_option = click.option(
+    "--tags",
+    "tags",
+    multiple=True,
+    metavar="K=V[,K=V]",
+    help="Role tags for sharegpt/openai rows (e.g. user_tag=user).",
+)
+
+
+def columns_and_tags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--columns and --tags, shared by `data check` and `data add`."""
+    return columns_option(tags_option(command))
 
 
 @click.group(
@@ -51,20 +73,7 @@ Examples:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
-@click.option(
-    "--columns",
-    "columns",
-    multiple=True,
-    metavar="K=V[,K=V]",
-    help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).",
-)
-@click.option(
-    "--tags",
-    "tags",
-    multiple=True,
-    metavar="K=V[,K=V]",
-    help="Role tags for sharegpt/openai rows (e.g. user_tag=user).",
-)
+@columns_and_tags
 @click.option(
     "--max-errors",
     type=click.IntRange(min=1),
@@ -125,20 +134,7 @@ Examples:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
-@click.option(
-    "--columns",
-    "columns",
-    multiple=True,
-    metavar="K=V[,K=V]",
-    help="Field names when they differ from LLaMA-Factory's defaults (e.g. prompt=question).",
-)
-@click.option(
-    "--tags",
-    "tags",
-    multiple=True,
-    metavar="K=V[,K=V]",
-    help="Role tags for sharegpt/openai rows (e.g. user_tag=user).",
-)
+@columns_and_tags
 @click.option("--description", default="", help="One line shown by `lfwrap data list`.")
 def add(
     name: str,

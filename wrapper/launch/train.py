@@ -42,21 +42,14 @@ class RunResult:
     loss_plot: Path | None
 
 
-def _names(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, list):
-        return [str(part).strip() for part in value if str(part).strip()]
-    return []
-
-
 def copy_datasets(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Copy the data files of the config's datasets into run_dir/data and write run_dir/dataset_info.json
     listing just those datasets; returns the config with dataset_dir pointing at the run directory."""
     from wrapper.datasets.info import read_dataset_info
     from wrapper.datasets.registry import dataset_files, prepare_dataset_dir
+    from wrapper.validate import split_names
 
-    names = [name for key in DATASET_KEYS for name in _names(config.get(key))]
+    names = [name for key in DATASET_KEYS for name in split_names(config.get(key))]
     if not names:
         return config
     source_dir = Path(str(config.get("dataset_dir") or prepare_dataset_dir())).expanduser()

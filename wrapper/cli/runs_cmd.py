@@ -75,7 +75,7 @@ def show(run: str) -> None:
     run_dir = store.find_run(run)
     refresh(run_dir)
     outcome = result(run_dir)
-    click.echo(json.dumps(outcome.meta.model_dump(), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(outcome.meta.to_dict(), indent=2, ensure_ascii=False))
     progress = outcome.progress
     click.echo(f"progress:  {progress.step}/{progress.total} steps, last loss {progress.loss}")
     click.echo(f"run dir:   {run_dir}")

@@ -17,11 +17,10 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from wrapper.errors import RunError, UsageError
 from wrapper.home import runs_dir
@@ -38,18 +37,18 @@ OUTPUT_DIR = "output"
 TRAINER_LOG = "trainer_log.jsonl"
 
 
-class RunMeta(BaseModel):
-    """meta.json of a run."""
-
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class RunMeta:
+    """meta.json of a run. A plain dataclass, not a pydantic model: lfwrap writes this file itself, and
+    the supervisor that starts every run should not pay pydantic's import time before LLaMA-Factory."""
 
     name: str
     kind: Literal["train", "export"] = "train"
     template: str | None = None
-    overrides: list[str] = []
+    overrides: list[str] = field(default_factory=list)
     backend: Literal["local", "docker"] = "local"
-    command: list[str] = []
-    env: dict[str, str] = {}  # the variables lfwrap added for the launch (not the whole environment)
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the variables lfwrap added for the launch
     image: str | None = None
     llamafactory_version: str | None = None
     output_dir: str = ""
@@ -61,8 +60,29 @@ class RunMeta(BaseModel):
     pid: int | None = None  # the supervisor; it leads the run's process group
     pgid: int | None = None
     container_id: str | None = None
-    error: list[str] = []  # the relevant lines of the log when the run failed
+    error: list[str] = field(default_factory=list)  # the relevant lines of the log when the run failed
     docker: dict[str, Any] | None = None  # DockerOptions fields for the docker backend
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunMeta:
+        """Checked reading of meta.json: a mapping with known keys, a name and a known status."""
+        if not isinstance(data, dict):
+            raise ValueError("meta.json must hold a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}")
+        if not isinstance(data.get("name"), str):
+            raise ValueError("`name` must be a string")
+        if data.get("status", "queued") not in (*FINISHED, "queued", "running"):
+            raise ValueError(f"unknown status {data.get('status')!r}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def updated(self, **changes: Any) -> RunMeta:
+        return replace(self, **changes)
 
 
 def now() -> str:
@@ -129,15 +149,15 @@ def list_run_dirs() -> list[Path]:
 def read_meta(run_dir: Path) -> RunMeta:
     path = run_dir / META_FILE
     try:
-        return RunMeta.model_validate_json(path.read_text(encoding="utf-8"))
+        return RunMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise RunError(f"{run_dir} is not a run directory (no {META_FILE}); see `lfwrap runs`.") from exc
-    except ValueError as exc:
-        raise RunError(f"{path} is damaged ({exc.__class__.__name__}); delete the run folder.") from exc
+    except (ValueError, TypeError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); delete the run folder.") from exc
 
 
 def write_meta(run_dir: Path, meta: RunMeta) -> None:
-    text = json.dumps(meta.model_dump(), indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(meta.to_dict(), indent=2, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".meta.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -145,7 +165,7 @@ def write_meta(run_dir: Path, meta: RunMeta) -> None:
 
 
 def update_meta(run_dir: Path, **changes: Any) -> RunMeta:
-    meta = read_meta(run_dir).model_copy(update=changes)
+    meta = read_meta(run_dir).updated(**changes)
     write_meta(run_dir, meta)
     return meta
 

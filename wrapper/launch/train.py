@@ -236,16 +236,7 @@ def prepare_resume(run_dir: Path) -> Path:
     write_config(run_dir, config)
     runs.write_meta(
         run_dir,
-        meta.model_copy(
-            update={
-                "status": "queued",
-                "exit_code": None,
-                "ended": None,
-                "error": [],
-                "pid": None,
-                "pgid": None,
-            }
-        ),
+        meta.updated(status="queued", exit_code=None, ended=None, error=[], pid=None, pgid=None),
     )
     return checkpoint
 

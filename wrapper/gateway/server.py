@@ -1,18 +1,20 @@
-"""Run the gateway on uvicorn: graceful shutdown lets in-flight streams finish up to shutdown_timeout."""
+"""Run the gateway on the lean HTTP/1.1 server (protocol.py).
+
+Graceful shutdown lets in-flight streams finish up to shutdown_timeout.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from wrapper.errors import GatewayError
 from wrapper.gateway import accesslog
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.keys import KeyCache, KeyStore
+from wrapper.gateway.protocol import LeanServer
 from wrapper.gateway.settings import GatewaySettings
 
 
@@ -21,35 +23,24 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     return Gateway(settings, keys)
 
 
-def uvicorn_config(gateway: Gateway, *, log_level: str = "info") -> object:
-    import uvicorn
-
+def lean_server(gateway: Gateway) -> LeanServer:
     settings = gateway.settings
-    return uvicorn.Config(
+    return LeanServer(
         gateway,
         host=settings.host,
         port=settings.port,
-        lifespan="on",
-        access_log=False,
-        log_level=log_level,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
-        proxy_headers=False,
-        server_header=False,
-        loop="auto",
-        http="auto",
+        max_body_bytes=settings.max_body_bytes,
+        shutdown_timeout=settings.shutdown_timeout,
     )
 
 
 def run(settings: GatewaySettings, *, log_level: str = "info") -> None:
-    import uvicorn
-
     if settings.access_log:
         accesslog.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    gateway = build_gateway(settings)
-    config = uvicorn_config(gateway, log_level=log_level)
-    assert isinstance(config, uvicorn.Config)
-    uvicorn.Server(config).run()
+    logging.getLogger("lfwrap").setLevel(log_level.upper())
+    server = lean_server(build_gateway(settings))
+    server.run(signals=True)
 
 
 @dataclass
@@ -58,7 +49,7 @@ class RunningGateway:
 
     url: str
     gateway: Gateway
-    _server: Any
+    _server: LeanServer
     _thread: threading.Thread
 
     @property
@@ -66,7 +57,7 @@ class RunningGateway:
         return self.url + "/v1"
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        self._server.stop()
         self._thread.join(timeout=self.gateway.settings.shutdown_timeout + 5)
 
     def __enter__(self) -> RunningGateway:
@@ -78,21 +69,25 @@ class RunningGateway:
 
 def start_background(settings: GatewaySettings, *, timeout: float = 15.0) -> RunningGateway:
     """Serve in a daemon thread and return once it listens (port 0 picks a free port)."""
-    import uvicorn
+    server = lean_server(build_gateway(settings))
+    failure: list[GatewayError] = []
 
-    gateway = build_gateway(settings)
-    config = uvicorn_config(gateway, log_level="warning")
-    assert isinstance(config, uvicorn.Config)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="lfwrap-gateway", daemon=True)
+    def serve() -> None:
+        try:
+            server.run()
+        except GatewayError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, name="lfwrap-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while not server.started:
+    while not server.started.wait(0.02):
         if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
+            server.stop()
+            thread.join(timeout=5)
+            if failure:
+                raise failure[0]
             raise GatewayError(
                 f"The gateway did not start on {settings.host}:{settings.port}; is the port already in use?"
             )
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    return RunningGateway(f"http://{settings.host}:{port}", gateway, server, thread)
+    return RunningGateway(f"http://{settings.host}:{server.port}", server.app, server, thread)

@@ -228,6 +228,20 @@ def test_malformed_request_is_400_and_closes_after_earlier_answers(tmp_path, gar
         assert reader.at_eof()
 
 
+def test_malformed_chunked_body_is_400_and_the_app_sees_a_disconnect(tmp_path):
+    app = StandIn()
+    with gateway_on(app, tmp_path) as (server, gateway), connect(server) as sock:
+        reader = Reader(sock)
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+        sock.sendall(head + b'5\r\n{"a":\r\nzz\r\n')
+        status, headers, body = reader.response()
+        assert status == 400 and headers["connection"] == "close"
+        assert json.loads(body)["error"]["code"] == "bad_http_request"
+        assert reader.at_eof()
+        assert wait_until(lambda: 'status="499"' in gateway.metrics.render())
+    assert app.seen == []
+
+
 def test_slow_reader_makes_the_apps_send_wait():
     total = 64 * 1024 * 1024  # far more than the socket buffers hold
     block = b"x" * 65536
@@ -267,7 +281,7 @@ def test_graceful_shutdown_lets_a_stream_finish_and_refuses_new_connections(tmp_
         def refused() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # reset: caught while the listener closed
                 return True
             return False
 

@@ -1,4 +1,7 @@
-"""Helpers for the gateway tests (no tests here): real uvicorn servers on 127.0.0.1 in threads."""
+"""Helpers for the gateway tests (no tests here): real servers on 127.0.0.1 in threads.
+
+A Gateway app is served by the gateway's own lean server (what `lfwrap gateway` runs); any other app
+(the stand-in upstream) by uvicorn."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import uvicorn
 
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.keys import KeyCache, KeyStore
+from wrapper.gateway.protocol import LeanServer
 from wrapper.gateway.settings import GatewaySettings, ModelRoute
 from wrapper.gateway.standin import StandIn
 
@@ -26,34 +30,53 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server on 127.0.0.1 in a background thread."""
+    """A real server on 127.0.0.1 in a background thread: LeanServer for a Gateway, else uvicorn."""
 
     def __init__(self, app: Any, port: int | None = None, graceful_s: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=graceful_s,
-        )
-        self.server = uvicorn.Server(config)
+        self.server: Any
+        if isinstance(app, Gateway):
+            settings = app.settings
+            self.server = LeanServer(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                max_body_bytes=settings.max_body_bytes,
+                shutdown_timeout=settings.shutdown_timeout if graceful_s is None else graceful_s,
+            )
+        else:
+            config = uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=graceful_s,
+            )
+            self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def _started(self) -> bool:
+        if isinstance(self.server, LeanServer):
+            return self.server.started.is_set()
+        return bool(self.server.started)
 
     def start(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 10
-        while not self.server.started:
+        while not self._started():
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError(f"server on port {self.port} did not start")
             time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        if isinstance(self.server, LeanServer):
+            self.server.stop()
+        else:
+            self.server.should_exit = True
         self.thread.join(timeout=30)
 
 

@@ -17,16 +17,8 @@ FORMAT = "%(asctime)s access %(message)s"
 LINE = "request_id=%s key_id=%s %s %s model=%s status=%d latency_ms=%.2f bytes_in=%d bytes_out=%d"
 
 _direct: BatchingHandler | None = None  # set by install(): lines skip LogRecord creation
-_stamp: tuple[int, str] = (0, "")
-
-
-def _now() -> str:
-    global _stamp
-    now = time.time()
-    second = int(now)
-    if second != _stamp[0]:
-        _stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-    return f"{_stamp[1]},{int(now % 1 * 1000):03d}"
+_second = -1
+_stamp = ""
 
 
 def log_request(
@@ -40,10 +32,19 @@ def log_request(
     bytes_in: int,
     bytes_out: int,
 ) -> None:
-    args = (request_id, key_id, method, path, model or "-", status, seconds * 1000.0, bytes_in, bytes_out)
-    if _direct is not None:
-        _direct.add(f"{_now()} access {LINE % args}")
+    global _second, _stamp
+    if _direct is not None:  # the same line as FORMAT % LINE, built in one f-string
+        now = time.time()
+        second = int(now)
+        if second != _second:
+            _second, _stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        _direct.add(
+            f"{_stamp},{int(now % 1 * 1000):03d} access request_id={request_id} key_id={key_id} {method} "
+            f"{path} model={model or '-'} status={status} latency_ms={seconds * 1000.0:.2f} "
+            f"bytes_in={bytes_in} bytes_out={bytes_out}"
+        )
     elif access.isEnabledFor(logging.INFO):
+        args = (request_id, key_id, method, path, model or "-", status, seconds * 1000.0, bytes_in, bytes_out)
         access.info(LINE, *args)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import itertools
 import logging
 import os
 import time
@@ -34,7 +35,11 @@ log = logging.getLogger("lfwrap.gateway")
 
 CHAT_PATH = "/v1/chat/completions"
 SCORE_PATH = "/v1/score/evaluation"
+_JSON_TYPE = (b"content-type", b"application/json")
 _SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+# generated ids: 32 hex digits, a random per-process prefix and a counter (no syscall per request)
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
 
 
 def _request_id(value: bytes | None) -> str:
@@ -42,7 +47,7 @@ def _request_id(value: bytes | None) -> str:
         text = value.decode("latin-1")
         if len(text) <= 128 and all(c in _SAFE_ID for c in text):
             return text
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _quoted(text: str) -> str:
@@ -173,10 +178,14 @@ class Gateway:
                 "(max_body_bytes).",
                 code="request_too_large",
             )
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):  # the usual case
+            body: bytes = message.get("body", b"")
+            if len(body) <= limit:
+                return body
         chunks = []
         size = 0
         while True:
-            message = await receive()
             if message["type"] == "http.disconnect":
                 raise Disconnected
             chunk = message.get("body", b"")
@@ -191,6 +200,7 @@ class Gateway:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            message = await receive()
 
     # ---- the hot path -----------------------------------------------------------------------------
     async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
@@ -383,8 +393,10 @@ class Gateway:
         if isinstance(answer, dict) and "model" in answer:
             answer["model"] = model
         out = orjson.dumps(answer)
-        await send_response(send, 200, out, [(b"content-type", b"application/json"), id_header])
         sent[0] = len(out)
+        headers = [_JSON_TYPE, id_header, (b"content-length", b"%d" % len(out))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
         return 200
 
     async def _forward_stream(

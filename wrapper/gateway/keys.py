@@ -142,6 +142,7 @@ class KeyCache:
         self.refresh_s = refresh_s
         self._version = store.data_version()
         self._by_hash = store.active_hashes()
+        self._known: dict[str, KeyRecord] = {}  # keys seen valid since the last reload: no hash per request
         self._checked = time.monotonic()
 
     def __len__(self) -> int:
@@ -157,7 +158,13 @@ class KeyCache:
         if version != self._version:
             self._version = version
             self._by_hash = self.store.active_hashes()
+            self._known = {}
 
     def lookup(self, key: str) -> KeyRecord | None:
         self._maybe_reload()
-        return self._by_hash.get(hash_key(key))
+        record = self._known.get(key)
+        if record is None:
+            record = self._by_hash.get(hash_key(key))
+            if record is not None and len(self._known) < 4096:  # only valid keys: callers cannot fill it
+                self._known[key] = record
+        return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -29,12 +30,7 @@ class Metrics:
             counts = self._latency[model] = [0] * (len(BUCKETS) + 1)
             self._latency_sum[model] = 0.0
             self._latency_count[model] = 0
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                counts[index] += 1
-                break
-        else:
-            counts[-1] += 1
+        counts[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds; past the last: +Inf
         self._latency_sum[model] += seconds
         self._latency_count[model] += 1
 

@@ -147,7 +147,8 @@ class Cycle:
             if not more:
                 self.complete = True
                 self.notify()
-            await self.conn.drain()
+            if not self.conn.writable.is_set():  # drain(), without a coroutine per send
+                await self.conn.writable.wait()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -165,6 +166,7 @@ class HttpProtocol(asyncio.Protocol):
         self.writable = asyncio.Event()
         self.writable.set()
         self.timer: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # loop time the connection went idle; None while busy
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.length = b""
@@ -190,9 +192,7 @@ class HttpProtocol(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.idle_since = None  # the keep-alive timer stays armed; expire() sees the connection busy
         if self.broken:
             return
         try:
@@ -340,11 +340,20 @@ class HttpProtocol(asyncio.Protocol):
             self.idle()
 
     def idle(self) -> None:
-        self.timer = self.loop.call_later(self.server.keepalive_s, self.expire)
+        """Close after keepalive_s without a request. One timer serves many requests: it is armed
+        once and, when it fires early for the latest idle spell, armed again for the rest."""
+        self.idle_since = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.server.keepalive_s, self.expire)
 
     def expire(self) -> None:
         self.timer = None
-        if not self.pipeline:
+        if self.idle_since is None:
+            return  # busy: idle() arms the timer again when the connection next goes idle
+        left = self.idle_since + self.server.keepalive_s - self.loop.time()
+        if left > 0.001:
+            self.timer = self.loop.call_later(left, self.expire)
+        elif not self.pipeline:
             self.transport.close()
 
     def shutdown(self) -> None:

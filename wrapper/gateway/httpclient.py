@@ -29,17 +29,18 @@ class UpstreamError(Exception):
         self.kind = kind
 
 
-def _expire(waiter: asyncio.Future[None], seconds: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamError("timeout", f"no data for {seconds:g} s"))
-
-
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        # once per connection: on Python 3.11 each get_running_loop() costs a getpid() system call
+        self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when the armed timer fires
+        self.deadline = 0.0  # loop time when the current wait() times out
+        self.timeout = 0.0
         self.begin()
 
     def begin(self) -> None:
@@ -122,17 +123,39 @@ class _Connection(asyncio.Protocol):
         return data
 
     async def wait(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+        """Until the parser has news, or `timeout` s without any. One timer serves many waits: armed
+        when none is, it re-arms itself for the latest deadline instead of being replaced per wait."""
+        loop = self.loop
         waiter = self.waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter, timeout)
+        self.deadline = loop.time() + timeout
+        self.timeout = timeout
+        if self.timer is None or self.timer_at > self.deadline:  # none armed, or armed too late
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = self.deadline
+            self.timer = loop.call_at(self.deadline, self._expire)
         try:
             await waiter
         finally:
-            timer.cancel()
             self.waiter = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait() arms the timer again
+        loop = self.loop
+        if loop.time() < self.deadline - 0.0005:
+            self.timer_at = self.deadline
+            self.timer = loop.call_at(self.deadline, self._expire)
+        else:
+            waiter.set_exception(UpstreamError("timeout", f"no data for {self.timeout:g} s"))
 
     def abort(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
 

@@ -19,6 +19,7 @@ import httptools
 
 MAX_BUFFER = 1 << 20  # stop reading from the upstream while this much is waiting for the caller
 MAX_IDLE = 512
+_FRAMING = (b"content-length", b"transfer-encoding")  # the answer's end is known without a close
 
 
 class UpstreamError(Exception):
@@ -45,7 +46,7 @@ class _Connection(asyncio.Protocol):
 
     def begin(self) -> None:
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []  # decoded only when asked (Response.headers)
         self.headers_done = False
         self.complete = False
         self.framed = False  # content-length or chunked: the end is known without a close
@@ -81,11 +82,12 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self.raw_headers.append((name, value))
+        if not self.framed:
+            self.framed = name.lower() in _FRAMING
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
-        self.framed = "content-length" in self.headers or "transfer-encoding" in self.headers
         self.keep_alive = self.framed and self.parser.should_keep_alive()
         self.headers_done = True
         self._wake()
@@ -166,7 +168,12 @@ class Response:
         self._pool = pool
         self._timeout = read_timeout
         self.status = conn.status
-        self.headers = conn.headers
+        self._raw_headers = conn.raw_headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers, names in lower case (the last of repeated ones)."""
+        return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
 
     async def read(self) -> bytes:
         conn = self._conn

@@ -160,3 +160,43 @@ def test_close_mid_answer_drops_the_connection():
 
     asyncio.run(_with_server(handler, body))
     assert state == ["client closed"]
+
+
+def _answer_after(delays: list[float]) -> Handler:
+    """A keep-alive server answering its n-th request on a connection after delays[n] seconds."""
+
+    async def handler(reader, writer):
+        for delay in delays:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            await asyncio.sleep(delay)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    return handler
+
+
+def test_a_shorter_read_timeout_on_a_reused_connection_still_applies():
+    async def body(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        assert await (await pool.request("POST", "/", b"{}", "", 30)).read() == b"ok"
+        with pytest.raises(UpstreamError) as info:  # the server answers after 1.5 s: well past 0.2 s
+            await (await pool.request("POST", "/", b"{}", "", 0.2)).read()
+        assert info.value.kind == "timeout"
+        assert len(connections) == 1  # the second request went over the first one's connection
+
+    asyncio.run(_with_server(_answer_after([0, 1.5]), body))
+
+
+def test_the_read_timeout_counts_from_each_wait_not_from_an_earlier_one():
+    async def body(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        assert await (await pool.request("POST", "/", b"{}", "", 1.0)).read() == b"ok"
+        await asyncio.sleep(0.6)
+        # answered 0.7 s into this wait: inside its own 1 s, though past the first request's deadline
+        assert await (await pool.request("POST", "/", b"{}", "", 1.0)).read() == b"ok"
+        assert len(connections) == 1
+
+    asyncio.run(_with_server(_answer_after([0, 0.7]), body))

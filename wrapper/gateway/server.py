@@ -5,6 +5,7 @@ Graceful shutdown lets in-flight streams finish up to shutdown_timeout.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ def run(settings: GatewaySettings, *, log_level: str = "info") -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("lfwrap").setLevel(log_level.upper())
     server = lean_server(build_gateway(settings))
+    gc.set_threshold(10_000, 10, 10)  # young collections every 10k allocations, not every 700
     server.run(signals=True)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from engine_standin import engine  # noqa: F401  (the Docker Engine-API stand-in fixture)
 from fixtures_models import *  # noqa: F401,F403  (tiny_model, identity_adapter)
 
 ROOT = Path(__file__).resolve().parent.parent

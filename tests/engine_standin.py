@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socketserver
 import struct
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 API_VERSION = "1.45"
 GPU_ERROR = (
@@ -275,3 +279,16 @@ class _Handler(BaseHTTPRequestHandler):
             del self.engine.containers[container.id]
             return self._send(204)
         return self._error(404, f"page not found: DELETE {path}")
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineStandIn]:
+    """The stand-in on a fresh socket; DOCKER_HOST points at it, no Docker/HF variables leak in."""
+    # A short folder: unix socket paths are limited to about 100 characters.
+    folder = Path(tempfile.mkdtemp(prefix="engine-", dir="/tmp"))
+    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    with EngineStandIn(folder / "docker.sock") as standin:
+        monkeypatch.setenv("DOCKER_HOST", standin.url)
+        yield standin
+    shutil.rmtree(folder, ignore_errors=True)

@@ -7,16 +7,13 @@ a unix socket and records every request; DOCKER_HOST points the SDK at it.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from engine_standin import GPU_ERROR, EngineStandIn
+from engine_standin import GPU_ERROR
 
 from wrapper.errors import LaunchError
 from wrapper.launch.docker_backend import (
@@ -32,18 +29,6 @@ from wrapper.launch.docker_backend import (
 )
 
 COMMAND = ["llamafactory-cli", "train", "/app/run/config.yaml"]
-
-
-@pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineStandIn]:
-    # A short folder: unix socket paths are limited to about 100 characters.
-    folder = Path(tempfile.mkdtemp(prefix="engine-", dir="/tmp"))
-    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "HF_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    with EngineStandIn(folder / "docker.sock") as standin:
-        monkeypatch.setenv("DOCKER_HOST", standin.url)
-        yield standin
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

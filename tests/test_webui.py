@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,17 +75,6 @@ def test_docker_spec_matches_the_compose_webui(lfwrap_home: Path, tmp_path: Path
     no_gpu = webui.docker_spec(image="i", host="127.0.0.1", port=1, data_dir=tmp_path, bundled_dir=tmp_path,
                                saves=tmp_path, hf_cache=tmp_path, gpus=False)
     assert "device_requests" not in no_gpu
-
-
-@pytest.fixture
-def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineStandIn]:
-    folder = Path(tempfile.mkdtemp(prefix="engine-", dir="/tmp"))  # unix socket paths are short
-    for name in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "HF_TOKEN", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    with EngineStandIn(folder / "docker.sock") as standin:
-        monkeypatch.setenv("DOCKER_HOST", standin.url)
-        yield standin
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_port() -> int:

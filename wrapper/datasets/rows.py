@@ -18,31 +18,25 @@ Finding = tuple[str | None, str]  # (field or None, what is wrong)
 Result = tuple[int, int] | list[Finding]
 RowCheck = Callable[[Any], Result]
 
+# Columns every format shares, in LLaMA-Factory's default naming.
+_SHARED_COLUMNS = {
+    "system": "system",
+    "chosen": "chosen",
+    "rejected": "rejected",
+    "kto_tag": "kto_tag",
+    "tools": "tools",
+    "images": "images",
+    "videos": "videos",
+    "audios": "audios",
+}
 ALPACA_COLUMNS = {
     "prompt": "instruction",
     "query": "input",
     "response": "output",
     "history": "history",
-    "system": "system",
-    "chosen": "chosen",
-    "rejected": "rejected",
-    "kto_tag": "kto_tag",
-    "tools": "tools",
-    "images": "images",
-    "videos": "videos",
-    "audios": "audios",
+    **_SHARED_COLUMNS,
 }
-SHAREGPT_COLUMNS = {
-    "messages": "conversations",
-    "system": "system",
-    "chosen": "chosen",
-    "rejected": "rejected",
-    "kto_tag": "kto_tag",
-    "tools": "tools",
-    "images": "images",
-    "videos": "videos",
-    "audios": "audios",
-}
+SHAREGPT_COLUMNS = {"messages": "conversations", **_SHARED_COLUMNS}
 OPENAI_COLUMNS = {**SHAREGPT_COLUMNS, "messages": "messages"}
 SHAREGPT_TAGS = {
     "role_tag": "from",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -92,12 +92,21 @@ def webui_url(lfwrap, lfwrap_home: Path) -> Iterator[str]:
     assert f"Running on local URL:  http://127.0.0.1:{port}" in log
 
 
-def _dataset_choices(page: Page) -> list[str]:
-    # The Train tab's dataset selector (the Evaluate tab has a hidden one with the same label).
+def _dataset_choices(page: Page, wait_for: str) -> list[str]:
+    """Open the Train tab's dataset selector and list its options once `wait_for` is among them.
+
+    The Evaluate tab has a hidden selector with the same label, hence the visibility filter. The choices
+    are filled by a server round trip after a stage change, so the wait is on the option, not a sleep.
+    """
     page.get_by_label("Dataset", exact=True).filter(visible=True).click()
-    options = page.get_by_role("option")
-    options.first.wait_for(timeout=30_000)
-    return [text.strip() for text in options.all_inner_texts()]
+    expect(page.get_by_role("option", name=wait_for, exact=True)).to_be_visible(timeout=30_000)
+    return [text.strip() for text in page.get_by_role("option").all_inner_texts()]
+
+
+def _close_dropdown(page: Page) -> None:
+    # Escape closes Gradio's dropdown a frame later; reading options before then sees the old list.
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("option")).to_have_count(0, timeout=10_000)
 
 
 def test_train_tab_lists_lfwrap_datasets(webui_url: str) -> None:
@@ -114,14 +123,14 @@ def test_train_tab_lists_lfwrap_datasets(webui_url: str) -> None:
             # The data dir LLaMA Board reads is its default `data`, which lfwrap linked to its datasets.
             assert page.get_by_label("Data dir", exact=False).filter(visible=True).input_value() == "data"
 
-            sft = _dataset_choices(page)
+            sft = _dataset_choices(page, wait_for="identity")
             page.screenshot(path=str(shot))
             # Supervised fine-tuning lists every non-ranking dataset; the preference set is for DPO/RM.
             assert sft == ["identity", "alpaca_demo", "sharegpt_demo", "kto_demo"]
 
             # The identity rows it previews are the ones `lfwrap data identity` filled in.
             page.get_by_role("option", name="identity", exact=True).click()
-            page.keyboard.press("Escape")
+            _close_dropdown(page)
             page.get_by_role("button", name="Preview dataset").click()
             page.get_by_text("蟹堡王").first.wait_for(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "webui_identity_preview.png"))
@@ -129,8 +138,10 @@ def test_train_tab_lists_lfwrap_datasets(webui_url: str) -> None:
 
             page.get_by_label("Stage", exact=True).filter(visible=True).click()
             page.get_by_role("option", name="DPO", exact=True).click()
-            page.keyboard.press("Escape")
-            assert "dpo_demo" in _dataset_choices(page)
+            _close_dropdown(page)
+            dpo = _dataset_choices(page, wait_for="dpo_demo")
+            # Ranking stages list the preference set; the SFT-only sets are not offered for DPO.
+            assert "dpo_demo" in dpo and "alpaca_demo" not in dpo, dpo
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

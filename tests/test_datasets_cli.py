@@ -18,7 +18,7 @@ def assert_user_error(proc, fragment: str) -> None:
     assert fragment in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("sub", [[], ["check"], ["add"], ["list"], ["identity"]])
+@pytest.mark.parametrize("sub", [[], ["check"], ["add"], ["list"], ["identity"], ["remove"]])
 def test_help_ends_with_examples(lfwrap, sub: list[str]):
     proc = lfwrap("data", *sub, "--help", check=True)
     last = [line.strip() for line in proc.stdout.splitlines() if line.strip()][-1]
@@ -111,3 +111,53 @@ def test_identity_command_writes_escaped_json(lfwrap, lfwrap_home: Path):
     assert seed["output"] == f"您好，我是蟹堡王\\n的{name}，很高兴为您服务！"
     info = json.loads((lfwrap_home / "datasets" / "dataset_info.json").read_text())
     assert info["identity"]["file_name"] == "identity.json"
+
+
+def _listed(lfwrap) -> dict[str, list[str]]:
+    listing = lfwrap("data", "list", check=True).stdout.splitlines()
+    return {line.split()[0]: line.split() for line in listing[1:-1]}
+
+
+def test_remove_deletes_the_copy_and_the_entry(lfwrap, lfwrap_home: Path):
+    folder = lfwrap_home / "datasets"
+    lfwrap("data", "add", "my_qa", str(FIXTURES / "qa_custom.jsonl"), "--columns",
+           "prompt=question,response=answer", check=True)
+    lfwrap("data", "add", "kept", str(FIXTURES / "qa_custom.jsonl"), "--columns",
+           "prompt=question,response=answer", check=True)
+    proc = lfwrap("data", "remove", "my_qa", check=True)
+    deleted = f"Deleted {folder / 'my_qa.jsonl'}"
+    assert proc.stdout.splitlines() == ["Removed 'my_qa' from the registry.", deleted]
+    assert not (folder / "my_qa.jsonl").exists()
+    assert "my_qa" not in _listed(lfwrap) and "kept" in _listed(lfwrap)
+    info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    assert "my_qa" not in info and info["kept"]["file_name"] == "kept.jsonl"
+    assert "my_qa" not in (folder / "registry.yaml").read_text(encoding="utf-8")
+
+    proc = lfwrap("data", "remove", "kept", "--keep-file", check=True)
+    assert f"Kept {folder / 'kept.jsonl'}" in proc.stdout and (folder / "kept.jsonl").is_file()
+    assert "kept" not in _listed(lfwrap)
+
+    assert_user_error(lfwrap("data", "remove", "my_qa"), "No dataset 'my_qa' to remove")
+    assert_user_error(lfwrap("data", "remove", "alpaca_demo"), "'alpaca_demo' is a bundled dataset")
+
+
+def test_remove_brings_the_bundled_identity_back(lfwrap, lfwrap_home: Path):
+    lfwrap("data", "identity", "--name", "Ada", "--author", "Example Labs", check=True)
+    assert _listed(lfwrap)["identity"][1] == "user"
+    proc = lfwrap("data", "remove", "identity", check=True)
+    assert "The bundled 'identity' is used again." in proc.stdout
+    assert _listed(lfwrap)["identity"][1] == "bundled"
+    info = json.loads((lfwrap_home / "datasets" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["identity"]["file_name"] == str(ROOT / "datasets" / "identity.json")
+
+
+def test_remove_a_hand_added_entry_keeps_its_file(lfwrap, lfwrap_home: Path):
+    folder = lfwrap_home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine.json").write_text('[{"instruction": "q", "output": "a"}]', encoding="utf-8")
+    (folder / "dataset_info.json").write_text('{"mine": {"file_name": "mine.json"}}', encoding="utf-8")
+    assert _listed(lfwrap)["mine"][1] == "hand-added"
+    assert_user_error(lfwrap("data", "remove", "mien"), "(did you mean 'mine'?)")
+    proc = lfwrap("data", "remove", "mine", check=True)
+    assert f"Kept {folder / 'mine.json'}" in proc.stdout and (folder / "mine.json").is_file()
+    assert "mine" not in _listed(lfwrap)

@@ -182,3 +182,9 @@ def test_deepspeed_json_is_the_rendered_template(tmp_path: Path):
 
     apply(DistributedOptions(deepspeed="z3"), dict(BASE), {}, tmp_path)
     assert json.loads((tmp_path / "ds_z3.json").read_text(encoding="utf-8")) == render_deepspeed("z3")
+
+
+def test_ray_with_deepspeed_leaves_the_processes_to_ray(tmp_path):
+    config, env = apply(DistributedOptions(ray_num_workers=2, deepspeed="z2"), dict(BASE), {}, tmp_path)
+    assert env == {"USE_RAY": "1"}  # FORCE_TORCHRUN would start Ray once per torchrun rank
+    assert config == {**BASE, "ray_num_workers": 2, "deepspeed": str(tmp_path / "ds_z2.json")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ import yaml
 from wrapper.errors import LaunchError, RunError, UsageError
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
-from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.local import (
+    check_extras,
+    cli_python,
+    llamafactory_cli,
+    missing_modules,
+    spawn,
+    stop_group,
+)
 from wrapper.launch.progress import TrainerLog, error_lines
 
 HAND_CONFIG = {
@@ -205,3 +213,34 @@ def test_runs_logs_prints_the_log_and_follow_stops_at_the_end(lfwrap, lfwrap_hom
     assert "[run logged failed]" in proc.stderr
     shown = lfwrap("runs", "show", "logged", check=True).stdout
     assert '"status": "failed"' in shown and f"log:       {run_dir / 'train.log'}" in shown
+
+
+@pytest.mark.skipif(find_spec("deepspeed") is not None, reason="deepspeed is installed here")
+def test_missing_deepspeed_is_refused_before_anything_starts(lfwrap, lfwrap_home: Path) -> None:
+    proc = lfwrap("train", "--template", "sft_lora", "--deepspeed", "z2", "--name", "ds")
+    assert proc.returncode == 1, proc.stderr
+    assert f"This run needs deepspeed, which {Path(sys.executable).parent}/python" in proc.stderr
+    assert "pip install deepspeed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (lfwrap_home / "runs" / "ds").exists()  # nothing queued that will never run
+    plan = lfwrap("train", "--template", "sft_lora", "--deepspeed", "z2", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "# note: This run needs deepspeed" in plan.stdout
+    assert "FORCE_TORCHRUN=1" in plan.stdout and "llamafactory-cli train config.yaml" in plan.stdout
+
+
+def test_extras_are_looked_up_in_the_python_that_runs_llamafactory_cli(tmp_path: Path) -> None:
+    # An interpreter without site-packages: yaml is importable here but not there.
+    bare = tmp_path / "python3"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    bare.chmod(0o755)
+    cli = tmp_path / "llamafactory-cli"
+    cli.write_text(f"#!{bare}\nprint('hi')\n")
+    assert cli_python(str(cli)) == str(bare)
+    assert missing_modules(["yaml", "json"], str(bare)) == ["yaml"]
+    assert missing_modules(["yaml", "json"], sys.executable) == []
+    with pytest.raises(LaunchError, match=rf"needs ray, which {bare} cannot import\. ray: pip install"):
+        check_extras({}, {"USE_RAY": "1"}, str(cli))
+    check_extras({"deepspeed": ""}, {"USE_RAY": "0"}, str(cli))  # asks for neither
+    script = tmp_path / "no-shebang"
+    script.write_text("print('hi')\n")
+    assert cli_python(str(script)) == sys.executable

@@ -32,7 +32,7 @@ def columns_and_tags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(
-    help="""Check, register, list and fill datasets.
+    help="""Check, register, list, remove and fill datasets.
 
 Datasets live in $LFWRAP_HOME/datasets next to a dataset_info.json that LLaMA-Factory reads; the
 bundled ones (identity, alpaca_demo, sharegpt_demo, dpo_demo, kto_demo) are always listed.
@@ -43,6 +43,7 @@ Examples:
   $ lfwrap data check qa.jsonl --formatting alpaca
   $ lfwrap data add my_qa qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data identity --name 神奇海螺 --author 蟹堡王
+  $ lfwrap data remove my_qa
 """,
 )
 def data() -> None:
@@ -192,6 +193,36 @@ def list_() -> None:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
     click.echo(f"dataset_dir: {folder}")
+
+
+@data.command(
+    help="""Unregister dataset NAME and delete the copy `lfwrap data add` made of its file.
+
+Run directories keep their own copies of the data, so earlier runs are untouched. Removing a user
+dataset that replaced a bundled one (e.g. a filled `identity`) brings the bundled one back. An entry
+added to dataset_info.json by hand or through the web UI is unregistered, its file left in place.
+Bundled datasets cannot be removed.
+""",
+    epilog="""\b
+Examples:
+  $ lfwrap data remove my_qa
+  $ lfwrap data remove my_qa --keep-file
+  $ lfwrap data remove identity        # back to the bundled placeholder set
+""",
+)
+@click.argument("name")
+@click.option("--keep-file", is_flag=True, help="Leave the data file in the datasets folder.")
+def remove(name: str, keep_file: bool) -> None:
+    from wrapper.datasets.add import remove_dataset
+
+    removed = remove_dataset(name, keep_file=keep_file)
+    click.echo(f"Removed '{removed.name}' from the registry.")
+    if removed.deleted:
+        click.echo(f"Deleted {removed.deleted}")
+    if removed.kept:
+        click.echo(f"Kept {removed.kept}")
+    if removed.bundled_back:
+        click.echo(f"The bundled '{removed.name}' is used again.")
 
 
 @data.command(

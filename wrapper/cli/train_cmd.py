@@ -92,7 +92,12 @@ def train(
             launcher.discard_run(run_dir)
             return
 
-    process = launcher.launch(run_dir)
+    try:
+        process = launcher.launch(run_dir)
+    except LaunchError:
+        if not resume:  # nothing ran: leave no queued run behind
+            launcher.discard_run(run_dir)
+        raise
     if detach:
         click.echo(
             f"Run {run_dir.name} started in the background (process group {process.pid}).\n"
@@ -174,8 +179,10 @@ def _warn_placeholders(run_dir: Path) -> None:
 def _show_plan(run_dir: Path) -> None:
     from wrapper.launch import runs
     from wrapper.launch import train as launcher
+    from wrapper.launch.local import check_extras
 
     meta = runs.read_meta(run_dir)
+    command: list[str] | None = None
     click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or kept)")
     click.echo((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
     if meta.backend == "docker":
@@ -184,8 +191,9 @@ def _show_plan(run_dir: Path) -> None:
         return
     try:
         command = launcher.launch_command(run_dir)
+        check_extras(launcher.read_config(run_dir), meta.env, command[0])
     except LaunchError as exc:
-        command = meta.command
+        command = meta.command if command is None else command
         click.echo(f"# note: {exc}")
     env = " ".join(f"{key}={value}" for key, value in meta.env.items())
     click.echo("# launch command (in the run directory)")

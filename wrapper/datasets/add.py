@@ -1,4 +1,4 @@
-"""`lfwrap data add` and `lfwrap data list` as library calls."""
+"""`lfwrap data add`, `data list` and `data remove` as library calls."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from typing import Any
 
 from wrapper import home
 from wrapper.datasets.check import CheckReport, check_file
-from wrapper.datasets.info import Columns, Tags, did_you_mean
+from wrapper.datasets.info import Columns, Tags, did_you_mean, read_dataset_info
 from wrapper.datasets.registry import (
     INFO_FILE,
     RegistryEntry,
     bundled_registry,
     check_name,
     merged_entries,
+    prepare_dataset_dir,
     register,
+    unregister,
     user_registry,
+    write_atomic,
 )
 from wrapper.datasets.rows import defaults
 from wrapper.errors import DatasetError, Problem, UsageError
@@ -196,3 +199,48 @@ def list_datasets() -> list[Listed]:
             )
         )
     return listed
+
+
+@dataclass
+class Removed:
+    name: str
+    deleted: Path | None  # the data file removed with it (only a file lfwrap copied in)
+    kept: Path | None  # a hand-added entry's file, which lfwrap did not create and leaves alone
+    bundled_back: bool  # a bundled dataset of that name is offered again
+
+
+def remove_dataset(name: str, *, keep_file: bool = False) -> Removed:
+    """Unregister a user or hand-added dataset; the copy `data add` made is deleted unless keep_file.
+
+    Bundled datasets cannot be removed; removing a user dataset that shadowed one brings it back.
+    Run directories keep their own copies, so finished and running runs are not affected.
+    """
+    folder = home.user_datasets_dir()
+    info_path = folder / INFO_FILE
+    user, bundled = user_registry(), bundled_registry()
+    in_info = read_dataset_info(info_path) if info_path.is_file() else {}
+    if name not in user and (name in bundled or name not in in_info):
+        if name in bundled:
+            raise UsageError(
+                f"'{name}' is a bundled dataset and cannot be removed; it is only used when a run names it."
+            )
+        known = sorted({*user, *in_info} - set(bundled))
+        raise DatasetError(
+            f"No dataset '{name}' to remove{did_you_mean(name, known)}; see `lfwrap data list`."
+        )
+    deleted = kept = None
+    if name in user:
+        file_path = (folder / user[name].file).resolve()
+        unregister(name)
+        if not keep_file and file_path.parent == folder.resolve() and file_path.is_file():
+            file_path.unlink()
+            deleted = file_path
+        elif file_path.is_file():
+            kept = file_path
+    else:
+        file_name = in_info[name].get("file_name")
+        kept = (folder / file_name) if file_name else None
+    # Rewrite dataset_info.json without the entry (it would otherwise be kept as hand-added).
+    write_atomic(info_path, json.dumps({k: v for k, v in in_info.items() if k != name}, ensure_ascii=False))
+    prepare_dataset_dir()
+    return Removed(name=name, deleted=deleted, kept=kept, bundled_back=name in bundled)

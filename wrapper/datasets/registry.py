@@ -171,14 +171,30 @@ def register(name: str, entry: RegistryEntry) -> Path:
     target = (folder / entry.file).resolve()
     if not target.is_relative_to(folder.resolve()):
         raise UsageError(f"Dataset file {entry.file!r} is outside {folder}; datasets must live inside it.")
-    current = {
+    current = _user_entries()
+    current[name] = entry.model_dump(exclude_none=True, exclude_defaults=True) | {"file": entry.file}
+    _write_registry(folder, current)
+    return prepare_dataset_dir()
+
+
+def unregister(name: str) -> None:
+    """Drop a user dataset from $LFWRAP_HOME/datasets/registry.yaml (its file is the caller's business)."""
+    current = _user_entries()
+    current.pop(name, None)
+    _write_registry(home.user_datasets_dir(), current)
+
+
+def _user_entries() -> dict[str, dict[str, Any]]:
+    """The user registry as plain data, the shape registry.yaml stores."""
+    return {
         key: value.model_dump(exclude_none=True, exclude_defaults=True) | {"file": value.file}
         for key, value in user_registry().items()
     }
-    current[name] = entry.model_dump(exclude_none=True, exclude_defaults=True) | {"file": entry.file}
+
+
+def _write_registry(folder: Path, entries: dict[str, dict[str, Any]]) -> None:
     header = "# Added by `lfwrap data add` / `lfwrap data identity`; rendered into dataset_info.json.\n"
-    write_atomic(folder / REGISTRY_FILE, header + yaml.safe_dump(current, allow_unicode=True, sort_keys=True))
-    return prepare_dataset_dir()
+    write_atomic(folder / REGISTRY_FILE, header + yaml.safe_dump(entries, allow_unicode=True, sort_keys=True))
 
 
 def dataset_files(dataset_dir: Path, names: list[str]) -> list[Path]:

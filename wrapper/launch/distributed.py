@@ -6,7 +6,7 @@ NPROC_PER_NODE, MASTER_ADDR, MASTER_PORT, USE_RAY) and from the config (`deepspe
 after checking that they make sense together; `distributed_options` adds the flags to a command.
 
     torchrun  --nproc-per-node 2 [--nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500]
-    DeepSpeed --deepspeed z2|z3|z3_offload   (needs torchrun, so FORCE_TORCHRUN=1 is set)
+    DeepSpeed --deepspeed z2|z3|z3_offload   (needs torchrun, so FORCE_TORCHRUN=1 is set; not with Ray)
     Ray       --ray-address auto --ray-num-workers 4   (USE_RAY=1; Ray places the workers itself)
 """
 
@@ -66,7 +66,9 @@ class DistributedOptions:
             or self.nproc_per_node is not None
             or self.master_addr is not None
             or self.master_port is not None
-            or self.deepspeed is not None
+            # DeepSpeed needs torchrun's process group, unless Ray sets one up in its own workers
+            # (LLaMA-Factory would run torchrun and then Ray inside every rank).
+            or (self.deepspeed is not None and not self.use_ray)
         )
 
     def docker_gpus(self) -> Literal["all"] | list[str] | None:

@@ -36,6 +36,55 @@ def llamafactory_version() -> str | None:
         return None
 
 
+# Optional packages a config can ask for, what in the run asks for them, and how to get them.
+EXTRAS = {
+    "deepspeed": "pip install deepspeed (built for your CUDA), or drop --deepspeed / the deepspeed: key",
+    "ray": "pip install 'ray[train]', or drop --ray-address / --ray-num-workers (USE_RAY)",
+}
+
+
+def cli_python(cli: str) -> str:
+    """The interpreter that runs `cli`: its #! line when that names an existing file, else this one."""
+    try:
+        with open(cli, "rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        return sys.executable
+    if first.startswith(b"#!"):
+        parts = first[2:].decode(errors="replace").split()
+        if parts and Path(parts[0]).name.startswith("python") and Path(parts[0]).is_file():
+            return parts[0]
+    return sys.executable
+
+
+def missing_modules(modules: list[str], python: str) -> list[str]:
+    """Which of `modules` `python` cannot import (found by spec, nothing is imported)."""
+    if not modules:
+        return []
+    if Path(python).resolve() == Path(sys.executable).resolve():
+        from importlib.util import find_spec
+
+        return [name for name in modules if find_spec(name) is None]
+    probe = "import sys, importlib.util as u; print(*[m for m in sys.argv[1:] if u.find_spec(m) is None])"
+    result = subprocess.run([python, "-c", probe, *modules], capture_output=True, text=True, timeout=60)
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def check_extras(config: dict[str, object], env: dict[str, str], cli: str) -> None:
+    """Refuse a local launch that needs DeepSpeed or Ray when llamafactory-cli's Python lacks it;
+    LLaMA-Factory would otherwise fail only after loading the model."""
+    wanted = []
+    if config.get("deepspeed"):
+        wanted.append("deepspeed")
+    if {**os.environ, **env}.get("USE_RAY", "").lower() in ("1", "true", "y"):
+        wanted.append("ray")
+    python = cli_python(cli)
+    missing = missing_modules(wanted, python)
+    if missing:
+        how = "; ".join(f"{name}: {EXTRAS[name]}" for name in missing)
+        raise LaunchError(f"This run needs {' and '.join(missing)}, which {python} cannot import. {how}.")
+
+
 def child_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment (CUDA_VISIBLE_DEVICES, NNODES, HF_HUB_OFFLINE ... pass through) plus
     lfwrap's additions; output unbuffered so train.log follows the run as it happens.

@@ -26,7 +26,7 @@ import yaml
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
-from wrapper.launch.local import llamafactory_cli, llamafactory_version
+from wrapper.launch.local import check_extras, llamafactory_cli, llamafactory_version
 from wrapper.launch.progress import Progress, TrainerLog
 
 POLL_SECONDS = 0.1
@@ -244,8 +244,8 @@ def prepare_resume(run_dir: Path) -> Path:
 def launch(run_dir: Path) -> subprocess.Popen[bytes]:
     """Start the supervisor for a queued run in a new session; it records the run's status."""
     meta = runs.read_meta(run_dir)
-    if meta.backend == "local":
-        llamafactory_cli()  # fail here, in the caller, when LLaMA-Factory is not installed
+    if meta.backend == "local":  # fail here, in the caller, when a needed package is missing
+        check_extras(read_config(run_dir), meta.env, llamafactory_cli())
     with (run_dir / "supervisor.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "wrapper.launch.supervisor", str(run_dir)],
@@ -343,5 +343,5 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def discard_run(run_dir: Path) -> None:
-    """Remove a run directory that was only planned (--dry-run)."""
+    """Remove a run directory that was only planned (--dry-run) or could not start."""
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ a unix socket and records every request; DOCKER_HOST points the SDK at it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
@@ -398,3 +399,50 @@ def test_standin_hf_cache_created_and_mounted(engine, layout, tmp_path):
     [body] = engine.bodies("POST", "/containers/create")
     assert body["HostConfig"]["NetworkMode"] == "host"
     assert "HF_HOME=/root/.cache/huggingface" in body["Env"]
+
+
+def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwrap_home):
+    engine.images.add(DEFAULT_IMAGE)
+
+    def play(container) -> None:  # training, then the merge writing into the mounted run folder
+        if container.config["Cmd"][1] == "train":
+            return _play_llamafactory(container)
+        [run_mount] = [m for m in container.config["HostConfig"]["Mounts"] if m["Target"] == "/app/run"]
+        merged = Path(run_mount["Source"]) / "merged"
+        merged.mkdir()
+        (merged / "model.safetensors").write_bytes(b"stand-in")
+
+    engine.on_start = play
+    model = lfwrap_home / "models" / "tiny-llama"
+    model.mkdir(parents=True)
+    docker = {"DOCKER_HOST": engine.url}
+    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
+                    "--backend", "docker", "--gpus", "none", "--as-me", "--name", "mine", env=docker)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = lfwrap("export", "mine", "--backend", "docker", env=docker)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    # The run's config holds container paths; the export maps them back to the host and in again.
+    exported = yaml.safe_load((lfwrap_home / "runs" / "mine" / "export.yaml").read_text(encoding="utf-8"))
+    assert exported["model_name_or_path"] == "/app/models/tiny-llama"
+    assert exported["adapter_name_or_path"] == "/app/run/output"
+    assert exported["export_dir"] == "/app/run/merged"
+
+    # Serving the run (here or in a container) starts from the same host view.
+    from wrapper.launch.serve import run_infer_config
+
+    infer = run_infer_config(lfwrap_home / "runs" / "mine")
+    assert infer["model_name_or_path"] == str(model.resolve())
+    assert infer["adapter_name_or_path"] == str(lfwrap_home / "runs" / "mine" / "output")
+
+    train, export = engine.bodies("POST", "/containers/create")
+    assert export["Cmd"][:2] == ["llamafactory-cli", "export"]
+    for body in (train, export):  # the merged model is the caller's too
+        assert body["User"] == f"{os.getuid()}:{os.getgid()}"
+        env = dict(item.split("=", 1) for item in body["Env"])
+        assert env["HF_HOME"] == "/app/hf_home" and env["HOME"] == "/tmp"  # /root is closed to this user
+        targets = {m["Target"] for m in body["HostConfig"]["Mounts"]}
+        assert "/app/hf_home" in targets and not any(t.startswith("/root") for t in targets)
+
+    refused = lfwrap("train", "--template", "sft_lora", "--as-me")
+    assert refused.returncode == 1 and "--as-me only applies to --backend docker" in refused.stderr

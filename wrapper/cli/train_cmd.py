@@ -31,6 +31,7 @@ Examples:
   $ lfwrap train --template sft_lora --detach --name conch     # follow: lfwrap runs logs conch -f
   $ lfwrap train --name conch --resume                         # from its last checkpoint
   $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
+  $ lfwrap train --template sft_lora --backend docker --as-me   # outputs owned by you, not root
 """
 
 
@@ -53,6 +54,11 @@ Examples:
     help="Run LLaMA-Factory here or in the hiyouga/llamafactory container.",
 )
 @click.option("--image", metavar="IMAGE", help="Container image for --backend docker.")
+@click.option(
+    "--as-me",
+    is_flag=True,
+    help="--backend docker: run the container as your uid:gid, so the files it writes are yours, not root's.",
+)
 @click.option("--name", metavar="RUN", help="Run name (default: template and time).")
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
@@ -65,6 +71,7 @@ def train(
     dataset: str | None,
     backend: str,
     image: str | None,
+    as_me: bool,
     name: str | None,
     dry_run: bool,
     detach: bool,
@@ -86,7 +93,7 @@ def train(
         checkpoint = launcher.prepare_resume(run_dir)
         click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
     else:
-        run_dir = _create(template, sets, model, dataset, backend, image, name, distributed)
+        run_dir = _create(template, sets, model, dataset, backend, image, as_me, name, distributed)
         if dry_run:
             _show_plan(run_dir)
             launcher.discard_run(run_dir)
@@ -115,6 +122,7 @@ def _create(
     dataset: str | None,
     backend: str,
     image: str | None,
+    as_me: bool,
     name: str | None,
     distributed: DistributedOptions,
 ) -> Path:
@@ -142,17 +150,18 @@ def _create(
         click.echo(f"  {problem}", err=True)
     docker = None
     if backend == "docker":
-        from wrapper.launch.docker_backend import DockerOptions, default_hf_cache
+        from wrapper.launch.docker_backend import DockerOptions, default_hf_cache, host_user
 
         docker = DockerOptions(
             gpus=distributed.docker_gpus(),
             hf_cache=default_hf_cache(),
             network=distributed.docker_network(),
+            user=host_user() if as_me else None,
         )
         if image:
             docker.image = image
-    elif image:
-        raise UsageError("--image only applies to --backend docker.")
+    elif image or as_me:
+        raise UsageError(f"{'--image' if image else '--as-me'} only applies to --backend docker.")
     run_dir = launcher.create_run(
         rendered.data,
         name=name,

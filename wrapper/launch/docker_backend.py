@@ -36,6 +36,8 @@ CONTAINER_RUN_DIR = "/app/run"
 CONTAINER_DATA_DIR = "/app/data"
 CONTAINER_MODELS_DIR = "/app/models"
 CONTAINER_HF_HOME = "/root/.cache/huggingface"
+# Where the cache goes for a non-root --user: /root is closed to other users in the image.
+CONTAINER_HF_HOME_USER = "/app/hf_home"
 RUN_LABEL = "lfwrap.run"
 PASSTHROUGH_ENV = ("HF_ENDPOINT", "HF_TOKEN")
 SECRET_ENV = ("HF_TOKEN",)
@@ -101,6 +103,15 @@ def container_path(host_path: Path | str, mounts: Iterable[Mount]) -> str:
     )
 
 
+def host_path(inside: str, mounts: Iterable[Mount]) -> str:
+    """The host path behind a container path, given the mounts; unchanged when no mount holds it."""
+    for mount in mounts:
+        target = mount.target.rstrip("/")
+        if inside == target or inside.startswith(target + "/"):
+            return str(mount.source.expanduser().resolve() / inside[len(target) :].lstrip("/"))
+    return inside
+
+
 def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
     roots = [home(), bundled_datasets_dir(), run_dir]
     if options.hf_cache is not None:
@@ -119,7 +130,7 @@ def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) ->
                 f"$LFWRAP_HOME ({home()}), the bundled datasets and the Hugging Face cache may be mounted; "
                 f"move the files under $LFWRAP_HOME."
             )
-        if not source.exists() and mount.target != CONTAINER_HF_HOME:  # the cache is created at start
+        if not source.exists() and mount.target != hf_home_target(options):  # the cache is made at start
             raise LaunchError(f"Cannot mount {mount.source} into the container: it does not exist.")
         if not mount.target.startswith("/"):
             raise LaunchError(f"Mount target {mount.target!r} must be an absolute path inside the container.")
@@ -140,8 +151,19 @@ def _device_requests(gpus: Gpus) -> list[dict[str, Any]]:
     return [DeviceRequest(driver="nvidia", device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
+def host_user() -> str:
+    """This process's uid:gid, for DockerOptions.user (files the container writes are then yours)."""
+    return f"{os.getuid()}:{os.getgid()}"
+
+
+def hf_home_target(options: DockerOptions) -> str:
+    return CONTAINER_HF_HOME_USER if options.user else CONTAINER_HF_HOME
+
+
 def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
-    merged: dict[str, str] = {"HF_HOME": CONTAINER_HF_HOME} if options.hf_cache is not None else {}
+    merged: dict[str, str] = {"HF_HOME": hf_home_target(options)} if options.hf_cache is not None else {}
+    if options.user:
+        merged["HOME"] = "/tmp"  # torch, triton and pip write caches under $HOME; root's is not ours
     for name in PASSTHROUGH_ENV:
         value = os.environ.get(name)
         if value:
@@ -158,7 +180,7 @@ def effective_mounts(*, run_dir: Path, options: DockerOptions, mounts: list[Moun
     ]
     result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
     if options.hf_cache is not None:
-        result.append(Mount(options.hf_cache.expanduser(), CONTAINER_HF_HOME, read_only=False))
+        result.append(Mount(options.hf_cache.expanduser(), hf_home_target(options), read_only=False))
     return result
 
 
@@ -403,6 +425,18 @@ CONFIG_PATH_KEYS = (
     "logging_dir",
     "tokenized_path",
 )
+
+
+def host_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
+    """The inverse of container_config: a container-side config with its paths back on the host."""
+    mount_list = list(mounts)
+    result = dict(config)
+    for key in CONFIG_PATH_KEYS:
+        value = result.get(key)
+        if isinstance(value, str) and value.startswith("/"):
+            parts = value.split(",") if key == "adapter_name_or_path" else [value]
+            result[key] = ",".join(host_path(part.strip(), mount_list) for part in parts)
+    return result
 
 
 def container_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from wrapper.errors import LaunchError
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import model_mounts, read_config, write_yaml
+from wrapper.launch.train import model_mounts, read_host_config, write_yaml
 
 EXPORT_FILE = "export.yaml"
 
@@ -18,7 +18,7 @@ def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
     from wrapper.render import render_template
 
     meta = runs.require_succeeded(run_dir, "export")
-    config = read_config(run_dir)
+    config = read_host_config(run_dir)
     extra = {
         "model_name_or_path": config["model_name_or_path"],
         "adapter_name_or_path": meta.output_dir,
@@ -66,7 +66,9 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
         start_container,
     )
 
-    options = DockerOptions(hf_cache=default_hf_cache())
+    # A run trained with --as-me is exported as the same user, so its merged model is the user's too.
+    trained = (runs.read_meta(run_dir).docker or {}).get("options", {})
+    options = DockerOptions(hf_cache=default_hf_cache(), user=trained.get("user"))
     mounts: list[Mount] = model_mounts(config, run_dir)
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)

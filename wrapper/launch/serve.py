@@ -22,7 +22,7 @@ from wrapper.home import home
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import model_mounts, read_config, write_yaml
+from wrapper.launch.train import model_mounts, read_host_config, write_yaml
 
 READY_TIMEOUT = 300.0
 
@@ -75,7 +75,7 @@ def infer_config(
 def run_infer_config(run_dir: Path, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The infer config for a finished training run: its base model, adapter and chat template."""
     meta = runs.require_succeeded(run_dir, "serve")
-    config = read_config(run_dir)
+    config = read_host_config(run_dir)
     adapter = meta.output_dir if config.get("finetuning_type", "lora") == "lora" else None
     model = meta.output_dir if adapter is None else str(config["model_name_or_path"])
     return infer_config(model, adapter=adapter, template=config.get("template"), sets=sets)

@@ -188,6 +188,19 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def read_host_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config as seen from this machine: a docker run's container paths (/app/run,
+    /app/models/NAME ...) mapped back to the host folders they were mounted from."""
+    config = read_config(run_dir)
+    meta = runs.read_meta(run_dir)
+    if meta.backend != "docker":
+        return config
+    from wrapper.launch.docker_backend import CONTAINER_RUN_DIR, Mount, host_config
+
+    _, mounts = docker_setup(meta)
+    return host_config(config, [*mounts, Mount(run_dir, CONTAINER_RUN_DIR, read_only=False)])
+
+
 def launch_command(run_dir: Path) -> list[str]:
     """What the supervisor runs, for --dry-run (locally: the resolved llamafactory-cli)."""
     meta = runs.read_meta(run_dir)

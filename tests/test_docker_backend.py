@@ -6,6 +6,7 @@ a unix socket and records every request; DOCKER_HOST points the SDK at it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -221,9 +222,33 @@ def test_standin_engine_unreachable(monkeypatch, layout):
     with pytest.raises(LaunchError) as info:
         _start(layout, DockerOptions(gpus=None))
     assert str(info.value) == (
-        "Docker engine not reachable at unix:///tmp/lfwrap-no-such-dir/docker.sock; start Docker or set "
-        "DOCKER_HOST, or use --backend local."
+        "Docker engine not reachable at unix:///tmp/lfwrap-no-such-dir/docker.sock (DOCKER_HOST); start "
+        "Docker, or point DOCKER_HOST or `docker context use` at a running engine, or use --backend local."
     )
+
+
+def _docker_context(config_dir: Path, name: str, host: str) -> None:
+    """What `docker context create NAME --docker host=HOST && docker context use NAME` leaves on disk."""
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps(
+        {"Name": name, "Metadata": {}, "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": False}}}))
+    (config_dir / "config.json").write_text(json.dumps({"currentContext": name}))
+
+
+def test_standin_current_docker_context_is_followed(engine, layout, monkeypatch, tmp_path):
+    _docker_context(tmp_path / "docker-config", "rootless", engine.url)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    monkeypatch.delenv("DOCKER_HOST")
+    engine.images.add(DEFAULT_IMAGE)
+    assert _start(layout, DockerOptions(gpus=None)).run(lambda chunk: None) == 0
+    assert ("POST", "/containers/create") in engine.calls()
+
+    _docker_context(tmp_path / "other", "gone", "unix:///tmp/lfwrap-no-such-dir/docker.sock")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "other"))
+    with pytest.raises(LaunchError) as info:
+        _start(layout, DockerOptions(gpus=None))
+    assert "at unix:///tmp/lfwrap-no-such-dir/docker.sock (Docker context 'gone');" in str(info.value)
 
 
 def test_standin_explicit_base_url(engine, layout, monkeypatch):

@@ -76,8 +76,25 @@ def default_hf_cache() -> Path:
     return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
 
 
-def engine_url(options: DockerOptions) -> str:
-    return options.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+def engine_url(options: DockerOptions) -> tuple[str, str]:
+    """Where the client connects and why, in the Docker CLI's order: an explicit base URL,
+    DOCKER_HOST, the current Docker context (DOCKER_CONTEXT or `docker context use`), the default socket."""
+    if options.base_url:
+        return options.base_url, "base URL"
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"], "DOCKER_HOST"
+    from docker.context.api import ContextAPI
+    from docker.context.config import get_current_context_name
+    from docker.errors import DockerException
+
+    name = os.environ.get("DOCKER_CONTEXT") or get_current_context_name()
+    try:
+        host = ContextAPI.kwargs_from_context(name).get("base_url")
+    except DockerException:
+        host = None
+    if host and name != "default":
+        return str(host), f"Docker context '{name}'"
+    return "unix:///var/run/docker.sock", "the default socket"
 
 
 def run_label(run_dir: Path) -> str:
@@ -253,11 +270,11 @@ def _engine_message(exc: Exception) -> str:
 
 
 def connect(options: DockerOptions) -> DockerClient:
-    """A client for the engine (DOCKER_HOST honoured); LaunchError if it does not answer."""
+    """A client for the engine (DOCKER_HOST or the Docker context); LaunchError if it does not answer."""
     from docker.client import DockerClient
     from docker.errors import DockerException
 
-    url = engine_url(options)
+    url, source = engine_url(options)
     try:
         if options.base_url:
             client = DockerClient(base_url=options.base_url, version="auto")
@@ -266,7 +283,8 @@ def connect(options: DockerOptions) -> DockerClient:
         client.ping()
     except DockerException as exc:
         raise LaunchError(
-            f"Docker engine not reachable at {url}; start Docker or set DOCKER_HOST, or use --backend local."
+            f"Docker engine not reachable at {url} ({source}); start Docker, or point DOCKER_HOST or "
+            "`docker context use` at a running engine, or use --backend local."
         ) from exc
     return client
 

@@ -29,6 +29,8 @@ def test_identity_training_end_to_end(identity_run: IdentityRun, lfwrap) -> None
     assert (output / "adapter_config.json").is_file()
     rows = [json.loads(line) for line in (output / "trainer_log.jsonl").read_text().splitlines()]
     assert rows[-1]["current_steps"] == rows[-1]["total_steps"] == 150
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert losses[-1] < losses[0] / 20, losses  # it learned the rows, not just their argmax
     # the summary is what the progress reader saw: steps, final loss, adapter, plot, next commands
     assert "Run identity succeeded: 150/150 steps, final loss" in identity_run.stdout
     assert f"adapter:   {output}" in identity_run.stdout

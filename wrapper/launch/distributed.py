@@ -240,7 +240,8 @@ def distributed_options(command: F) -> F:
         click.option(
             "--deepspeed",
             type=click.Choice(DEEPSPEED_PRESETS),
-            help="DeepSpeed ZeRO preset; writes its JSON into the run and launches with torchrun.",
+            help="DeepSpeed ZeRO preset; writes its JSON into the run and launches with torchrun "
+            "(with Ray: in Ray's workers). Needs deepspeed installed.",
         ),
         click.option(
             "--ray-address",

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -471,3 +472,76 @@ def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwra
 
     refused = lfwrap("train", "--template", "sft_lora", "--as-me")
     assert refused.returncode == 1 and "--as-me only applies to --backend docker" in refused.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _train_in_standin(engine, lfwrap, lfwrap_home: Path, name: str) -> Path:
+    """A finished docker run of the tiny model's folder, as the stand-in plays it; the model folder."""
+    engine.images.add(DEFAULT_IMAGE)
+    engine.on_start = _play_llamafactory
+    model = lfwrap_home / "models" / "tiny-llama"
+    model.mkdir(parents=True)
+    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
+                    "--backend", "docker", "--gpus", "none", "--name", name, env={"DOCKER_HOST": engine.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return model
+
+
+def test_standin_serve_backend_docker_publishes_waits_and_stops(engine, lfwrap, lfwrap_home):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from wrapper.launch.serve import serve_run
+
+    _train_in_standin(engine, lfwrap, lfwrap_home, "srv")
+
+    class Models(BaseHTTPRequestHandler):  # what the container's API server answers on the published port
+        def do_GET(self) -> None:
+            body = b'{"object": "list", "data": [{"id": "conch", "object": "model"}]}'
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    api = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    port = api.server_address[1]
+    engine.on_start = lambda container: threading.Thread(target=api.serve_forever, daemon=True).start()
+    engine.hold = True
+    try:
+        server = serve_run("srv", backend="docker", port=port, model_name="conch", timeout=30)
+        assert server.url == f"http://127.0.0.1:{port}" and server.running()
+        server.stop()
+    finally:
+        api.shutdown()
+        api.server_close()
+
+    body = engine.bodies("POST", "/containers/create")[-1]
+    assert body["Cmd"] == ["llamafactory-cli", "api", "serve.yaml"]
+    assert body["ExposedPorts"] == {f"{port}/tcp": {}}
+    binding = {"HostIp": "127.0.0.1", "HostPort": str(port)}
+    assert body["HostConfig"]["PortBindings"] == {f"{port}/tcp": [binding]}
+    env = dict(item.split("=", 1) for item in body["Env"])
+    assert (env["API_HOST"], env["API_PORT"], env["API_MODEL_NAME"]) == ("0.0.0.0", str(port), "conch")
+    served = yaml.safe_load((lfwrap_home / "runs" / "srv" / "serve.yaml").read_text(encoding="utf-8"))
+    assert served["model_name_or_path"] == "/app/models/tiny-llama"
+    assert served["adapter_name_or_path"] == "/app/run/output"
+    assert engine.containers == {}  # stopped and removed
+
+
+def test_standin_serve_backend_docker_reports_an_early_exit(engine, lfwrap, lfwrap_home):
+    from wrapper.launch.serve import serve_run
+
+    _train_in_standin(engine, lfwrap, lfwrap_home, "srv")
+    engine.on_start = None
+    engine.exit_code = 1
+    engine.log_frames = [(2, b"Traceback (most recent call last):\n"), (2, b"ValueError: bad adapter\n")]
+    with pytest.raises(LaunchError, match=r"exited before answering \(ValueError: bad adapter\)"):
+        serve_run("srv", backend="docker", port=_free_port(), timeout=60)
+    assert engine.containers == {}

@@ -341,6 +341,16 @@ class DockerHandle:
             ) from exc
         return int(result.get("StatusCode", -1))
 
+    def running(self) -> bool:
+        """Whether the container is still running (False once it has exited or is gone)."""
+        from docker.errors import NotFound
+
+        try:
+            state = self.client.api.inspect_container(self.id).get("State") or {}
+        except NotFound:
+            return False
+        return bool(state.get("Running"))
+
     def stream_logs(self, sink: Callable[[bytes], None]) -> None:
         """Pass stdout and stderr chunks to `sink` until the container ends."""
         from docker.errors import NotFound

@@ -122,10 +122,10 @@ def start_api_server(
     if api_key:
         env["API_KEY"] = api_key
     url = f"http://{host}:{port}"
+    stop: Callable[[], None]
+    alive: Callable[[], bool]
     if backend == "docker":
-        handle = _start_docker(config, config_path, log_path, env, port, host)
-        alive: Callable[[], bool] = lambda: True  # noqa: E731 - the container's end shows in its logs
-        stop = handle
+        stop, alive = _start_docker(config, config_path, log_path, env, port, host)
     else:
         write_yaml(config_path, config)
         process = spawn(
@@ -144,7 +144,8 @@ def start_api_server(
 
 def _start_docker(
     config: dict[str, Any], config_path: Path, log_path: Path, env: dict[str, str], port: int, host: str
-) -> Callable[[], None]:
+) -> tuple[Callable[[], None], Callable[[], bool]]:
+    """Start `llamafactory-cli api` in a container publishing `port` on `host`; (stop, alive)."""
     import threading
 
     from wrapper.launch.docker_backend import (
@@ -176,14 +177,21 @@ def _start_docker(
         log.write(chunk)
         log.flush()
 
-    threading.Thread(target=handle.stream_logs, args=(sink,), daemon=True).start()
+    reader = threading.Thread(target=handle.stream_logs, args=(sink,), daemon=True)
+    reader.start()
+
+    def alive() -> bool:
+        if handle.running():
+            return True
+        reader.join(timeout=10)  # its last lines reach the log before anyone quotes them
+        return False
 
     def stop() -> None:
         handle.stop()
         handle.remove()
         log.close()
 
-    return stop
+    return stop, alive
 
 
 def serve_run(name: str, *, sets: tuple[str, ...] = (), **kwargs: Any) -> ServerHandle:

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper import home
 from wrapper.errors import ConfigError, Problem, UsageError
+from wrapper.yamlload import safe_load
 
 SUFFIX = ".yaml.j2"
 DS_SUFFIX = ".json.j2"
@@ -192,7 +193,7 @@ def _read_info(name: str, path: Path) -> TemplateInfo:
     if not match:
         raise _meta_problem(path, "no `{# lfwrap ... -#}` comment declaring kind, command, description")
     try:
-        raw = yaml.safe_load(match.group(1))
+        raw = safe_load(match.group(1))
     except yaml.YAMLError as exc:
         raise _meta_problem(path, f"not YAML ({str(exc).splitlines()[0]})") from None
     try:
@@ -339,7 +340,7 @@ def _apply_overrides(text: str, overrides: dict[str, Any]) -> str:
 
 def _parse(name: str, text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Template `{name}` renders text that is not YAML: {exc}.") from None
     if data is None:

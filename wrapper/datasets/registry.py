@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from wrapper import home
 from wrapper.datasets.info import Columns, Tags, check_entries, did_you_mean, read_dataset_info
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.yamlload import safe_load
 
 INFO_FILE = "dataset_info.json"
 REGISTRY_FILE = "registry.yaml"
@@ -61,7 +62,7 @@ def load_registry(path: Path) -> dict[str, RegistryEntry]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise DatasetError(f"{path} is not valid YAML ({exc}); fix or delete it.") from None
     if not isinstance(data, dict):

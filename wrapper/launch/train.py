@@ -28,6 +28,7 @@ from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
 from wrapper.launch.local import check_extras, llamafactory_cli, llamafactory_version
 from wrapper.launch.progress import Progress, TrainerLog
+from wrapper.yamlload import safe_load
 
 POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
@@ -184,7 +185,7 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    data = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    data = safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}
 
 
@@ -313,7 +314,13 @@ def follow(
             break
         if meta.status == "queued" and process is not None and process.returncode is not None:
             raise LaunchError(f"The run's supervisor exited at once; see {run_dir / 'supervisor.log'}.")
-        time.sleep(POLL_SECONDS)
+        if process is not None and process.returncode is None:
+            try:  # wakes as soon as the supervisor exits, right after it recorded the end
+                process.wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            time.sleep(POLL_SECONDS)
     if process is not None:
         process.wait()
     return result(run_dir)

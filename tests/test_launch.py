@@ -166,6 +166,9 @@ def test_cli_errors_are_one_sentence(lfwrap) -> None:
     assert proc.returncode == 1 and "not allowed" in proc.stderr and "Traceback" not in proc.stderr
     proc = lfwrap("train", "--resume")
     assert proc.returncode == 1 and "--resume needs --name" in proc.stderr
+    for command in (("serve", "nope"), ("export", "nope")):  # refused before any "Starting ..." line
+        proc = lfwrap(*command)
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: No run named 'nope'"), proc.stderr
     proc = lfwrap("runs", "show", "nope")
     assert proc.returncode == 1 and "No run named 'nope'" in proc.stderr
     proc = lfwrap("serve")

@@ -26,6 +26,9 @@ Examples:
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True)
 def export(run: str, out: Path | None, sets: tuple[str, ...], backend: str) -> None:
     from wrapper.launch.export import export_run
+    from wrapper.launch.runs import find_run
+
+    find_run(run)  # an unknown name fails here, before the progress line
 
     click.echo(f"Merging the adapter of run {run} ...", err=True)
     target = export_run(run, out, sets=sets, backend=backend)

@@ -50,6 +50,10 @@ def serve(
     if bool(run) == bool(model):
         raise UsageError("Give either a run name or --model PATH (not both); list runs with `lfwrap runs`.")
     options = dict(port=port, host=host, api_key=api_key, model_name=model_name, backend=backend)
+    if run:
+        from wrapper.launch.runs import find_run
+
+        find_run(run)  # an unknown name fails here, before the progress line
     click.echo("Starting LLaMA-Factory's API server (loading the model) ...", err=True)
     if run:
         server = serve_run(run, sets=sets, **options)

@@ -111,11 +111,52 @@ def test_custom_columns_are_used_for_the_checks():
     assert str(plain.problems[0]) == "row 1 (line 1): 'instruction' missing"
 
 
-def test_broken_json_array_stops_with_the_line():
+def test_broken_row_in_a_json_array_is_reported_and_checking_goes_on():
     report = check_file(FIXTURES / "broken_array.json")
-    assert report.fatal == "line 3: not valid JSON after row 1: Expecting ',' delimiter"
-    assert report.rows == 1 and not report.ok
-    assert lines(report)[0] == "stopped: line 3: not valid JSON after row 1: Expecting ',' delimiter"
+    assert report.fatal is None and not report.ok
+    assert (report.rows, report.bad_rows) == (3, 1)
+    assert [str(problem) for problem in report.problems] == [
+        "row 2 (line 3): not valid JSON (line 3: Expecting ',' delimiter); checked on from the next row"
+    ]
+
+
+PRETTY_ROWS = [
+    {"instruction": "one", "output": "a", "history": [["q", "a"], ["q2", "a2"]]},
+    {"instruction": "two", "output": "b"},
+    {"instruction": "three", "output": "c", "history": [["q", "a"]]},
+    {"instruction": "four", "output": "d"},
+    {"instruction": "five"},
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 1 << 20])
+def test_pretty_printed_array_resyncs_after_each_broken_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            chunk: int):
+    text = json.dumps(PRETTY_ROWS, indent=2, ensure_ascii=False)
+    text = text.replace('"q2"', "q2", 1)  # row 1: an unquoted string inside a nested list
+    text = text.replace('"b"\n  },', '"b"\n  }', 1)  # rows 2 and 3: the comma between them dropped
+    text = text.replace('"instruction": "four"', '"instruction": "four" "x"', 1)  # row 4: a stray string
+    path = tmp_path / "pretty.json"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(check_module, "CHUNK", chunk)
+    report = check_file(path)
+    assert report.fatal is None
+    assert (report.rows, report.bad_rows) == (5, 4)
+    assert [str(problem) for problem in report.problems] == [  # lines checked by eye on the file
+        "row 1 (line 2): not valid JSON (line 11: Expecting value); checked on from the next row",
+        "row 3 (line 20): missing ',' between this row and the one before",
+        "row 4 (line 30): not valid JSON (line 31: Expecting ',' delimiter); checked on from the next row",
+        "row 5 (line 34): 'output' missing",
+    ]
+
+
+def test_a_broken_row_on_a_single_line_array_stops_there(tmp_path: Path):
+    path = tmp_path / "compact.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, {"instruction": x}, {"instruction": "c"}]')
+    report = check_file(path)
+    assert report.fatal == "line 1: not valid JSON after row 1: Expecting value"
+    assert lines(report)[0] == "stopped: line 1: not valid JSON after row 1: Expecting value"
+    assert report.rows == 1
 
 
 def test_cap_lists_the_first_rows_and_counts_the_rest(tmp_path: Path):

@@ -59,7 +59,9 @@ is bad. Rules follow LLaMA-Factory: alpaca rows need string instruction/output (
 optional; history a list of [question, answer] pairs; with --ranking chosen/rejected instead of
 output); sharegpt rows need a conversations list of from/value messages, an optional system
 message first, then human/gpt turns alternating; openai rows need messages with role/content;
-kto_tag must be true or false. A file named dataset_info.json is checked as LLaMA-Factory's dataset
+kto_tag must be true or false. In a JSON array, a row that is not valid JSON is reported and the check
+goes on at the next row when rows start their own lines (as json.dump with indent writes them). A file
+named dataset_info.json is checked as LLaMA-Factory's dataset
 registry instead (unknown keys, column and tag names, with "did you mean").
 """,
     epilog="""\b

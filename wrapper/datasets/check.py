@@ -79,8 +79,31 @@ def _jsonl_rows(path: Path) -> Rows:
                 yield None, number, f"not valid JSON: {str(exc).split(':')[0]}"
 
 
+def _cut_short(exc: json.JSONDecodeError, buffer: str) -> bool:
+    """Whether a decode error may only mean the element continues in the next chunk: the decoder
+    stopped at (or a literal/escape's length before) the buffer's end, or inside a string reaching it
+    (strict decoding refuses raw newlines, so any other unterminated string would have failed earlier)."""
+    return exc.pos >= len(buffer) - 8 or exc.msg.startswith("Unterminated string")
+
+
+def _cut_point(buffer: str, pos: int, at_line_start: bool) -> tuple[int, bool]:
+    """Where to cut consumed text off the buffer, and whether the rest then starts a line: the start
+    of `pos`'s line when it is near, so a row that fails to decode still shows its indentation."""
+    newline = buffer.rfind("\n", max(0, pos - 256), pos)
+    if newline >= 0:
+        return newline + 1, True
+    if pos <= 256:
+        return 0, at_line_start
+    return pos, False
+
+
 def _array_rows(path: Path, report: CheckReport) -> Rows:
-    """Elements of a top-level JSON array, decoded one at a time from 1 MiB chunks."""
+    """Elements of a top-level JSON array, decoded one at a time from 1 MiB chunks.
+
+    A row that is not valid JSON is reported and checking goes on at the next row when the file is
+    laid out one row per line start (pretty-printed or one row per line): the next line that opens an
+    object at the same indentation after a line ending in ','. Otherwise checking stops there.
+    """
     decode = json.JSONDecoder().raw_decode
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     with path.open("rb") as handle:
@@ -88,9 +111,10 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
         pos = 0
         line = 1  # line number at `pos`
         eof = False
+        line_start = True  # whether buffer[0] starts a line of the file
 
         def refill() -> bool:
-            nonlocal buffer, pos, eof
+            nonlocal buffer, pos, eof, line_start
             if eof:
                 return False
             chunk = handle.read(CHUNK)
@@ -99,8 +123,9 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
                 text = decoder.decode(chunk, final=eof)
             except UnicodeDecodeError as exc:
                 raise DatasetError(f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8.") from None
-            buffer = buffer[pos:] + text
-            pos = 0
+            keep, line_start = _cut_point(buffer, pos, line_start)
+            buffer = buffer[keep:] + text
+            pos -= keep
             return True
 
         def skip_space() -> None:
@@ -111,6 +136,27 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
                 pos = end
                 if pos < len(buffer) or not refill():
                     return
+
+        def resync() -> int | None:
+            """Position of the next row at this row's indentation, or None (not laid out by lines, or
+            nothing found within a few MiB)."""
+            start = buffer.rfind("\n", 0, pos) + 1
+            indent = buffer[start:pos]
+            if (start == 0 and not line_start) or indent.strip(" \t"):
+                return None
+            follow = re.compile(r",[ \t\r]*\n" + re.escape(indent) + r"(?=\{)")
+            searched = pos + 1
+            while True:
+                found = follow.search(buffer, searched)
+                if found:
+                    return found.end()
+                if len(buffer) - pos > max(4 * CHUNK, 1 << 22):
+                    return None
+                searched = max(pos + 1, len(buffer) - len(indent) - 64)
+                before = pos
+                if not refill():
+                    return None
+                searched -= before - pos
 
         skip_space()
         if buffer[pos : pos + 1] != "[":
@@ -123,32 +169,49 @@ def _array_rows(path: Path, report: CheckReport) -> Rows:
             skip_space()
             if buffer[pos : pos + 1] == "]":
                 return
+            missing_comma = False
             if not first:
-                if buffer[pos : pos + 1] != ",":
+                if buffer[pos : pos + 1] == ",":
+                    pos += 1
+                    skip_space()
+                elif buffer[pos : pos + 1] == "{":
+                    missing_comma = True  # `}` then `{` on the next line: read the row, report the comma
+                else:
                     report.fatal = f"line {line}: expected ',' or ']' after row {rows_seen}"
                     return
-                pos += 1
-                skip_space()
             first = False
             while True:
                 try:
                     value, end = decode(buffer, pos)
                 except json.JSONDecodeError as exc:
-                    if refill():
+                    if _cut_short(exc, buffer) and refill():
                         continue
                     error_line = line + exc.lineno - 1 - buffer.count("\n", 0, pos)
-                    report.fatal = f"line {error_line}: not valid JSON after row {rows_seen}: {exc.msg}"
-                    return
+                    resume = resync()
+                    if resume is None:
+                        report.fatal = f"line {error_line}: not valid JSON after row {rows_seen}: {exc.msg}"
+                        return
+                    rows_seen += 1
+                    yield (
+                        None,
+                        line,
+                        f"not valid JSON (line {error_line}: {exc.msg}); checked on from the next row",
+                    )
+                    line += buffer.count("\n", pos, resume)
+                    pos = resume
+                    missing_comma = False
+                    continue
                 if end >= len(buffer) and refill():  # a number or literal may continue in the next chunk
                     continue
                 break
-            yield value, line, None
+            yield value, line, "missing ',' between this row and the one before" if missing_comma else None
             rows_seen += 1
             line += buffer.count("\n", pos, end)
             pos = end
             if pos > CHUNK:  # drop what was consumed
-                buffer = buffer[pos:]
-                pos = 0
+                keep, line_start = _cut_point(buffer, pos, line_start)
+                buffer = buffer[keep:]
+                pos -= keep
 
 
 def _is_jsonl(path: Path) -> bool:

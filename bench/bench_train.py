@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,13 @@ def main() -> None:
     rounds = parser.parse_args().rounds
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        bench(work, rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(work: Path, rounds: int) -> None:
     env = {**os.environ, "LFWRAP_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
     os.environ.update(LFWRAP_HOME=env["LFWRAP_HOME"])
     from wrapper.demo import DEMO_TRAIN_SETS, prepare_identity_demo

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from wrapper.errors import LaunchError
@@ -30,10 +29,17 @@ def llamafactory_cli() -> str:
 
 
 def llamafactory_version() -> str | None:
-    try:
-        return metadata.version("llamafactory")
-    except metadata.PackageNotFoundError:
-        return None
+    """The installed llamafactory's version, read off its dist-info folder's name: importing
+    importlib.metadata alone costs ~25 ms, and this runs before every launch."""
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("llamafactory-") and name.endswith(".dist-info"):
+                return name[len("llamafactory-") : -len(".dist-info")]
+    return None
 
 
 # Optional packages a config can ask for, what in the run asks for them, and how to get them.

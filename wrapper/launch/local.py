@@ -42,7 +42,7 @@ def llamafactory_version() -> str | None:
     return None
 
 
-# Optional packages a config can ask for, what in the run asks for them, and how to get them.
+# Optional packages a run can need, and how to get them (or stop needing them).
 EXTRAS = {
     "deepspeed": "pip install deepspeed (built for your CUDA), or drop --deepspeed / the deepspeed: key",
     "ray": "pip install 'ray[train]', or drop --ray-address / --ray-num-workers (USE_RAY)",
@@ -67,7 +67,8 @@ def missing_modules(modules: list[str], python: str) -> list[str]:
     """Which of `modules` `python` cannot import (found by spec, nothing is imported)."""
     if not modules:
         return []
-    if Path(python).resolve() == Path(sys.executable).resolve():
+    # Same bin folder, same environment (resolving symlinks would equate every venv of one base Python).
+    if Path(python).absolute().parent == Path(sys.executable).absolute().parent:
         from importlib.util import find_spec
 
         return [name for name in modules if find_spec(name) is None]

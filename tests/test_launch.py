@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -244,6 +245,9 @@ def test_extras_are_looked_up_in_the_python_that_runs_llamafactory_cli(tmp_path:
     with pytest.raises(LaunchError, match=rf"needs ray, which {bare} cannot import\. ray: pip install"):
         check_extras({}, {"USE_RAY": "1"}, str(cli))
     check_extras({"deepspeed": ""}, {"USE_RAY": "0"}, str(cli))  # asks for neither
+    # Another virtual environment on the same base Python is still another environment.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    assert missing_modules(["yaml", "json"], str(tmp_path / "venv" / "bin" / "python")) == ["yaml"]
     script = tmp_path / "no-shebang"
     script.write_text("print('hi')\n")
     assert cli_python(str(script)) == sys.executable

@@ -251,3 +251,32 @@ def test_extras_are_looked_up_in_the_python_that_runs_llamafactory_cli(tmp_path:
     script = tmp_path / "no-shebang"
     script.write_text("print('hi')\n")
     assert cli_python(str(script)) == sys.executable
+
+
+def test_runs_remove_deletes_finished_runs_only(lfwrap, lfwrap_home: Path, tmp_path: Path) -> None:
+    done = launcher.create_run(HAND_CONFIG, name="done")
+    (done / "output" / "adapter_model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+    (done / "output" / "adapter_model.safetensors").write_bytes(b"\0" * 2_000_000)
+    runs.update_meta(done, status="succeeded", ended=runs.now())
+    elsewhere = launcher.create_run(HAND_CONFIG, name="elsewhere")
+    (tmp_path / "out").mkdir()
+    runs.update_meta(elsewhere, status="failed", ended=runs.now(), output_dir=str(tmp_path / "out"))
+    queued = launcher.create_run(HAND_CONFIG, name="queued")
+
+    asked = lfwrap("runs", "remove", "done")  # no terminal to ask on: --yes is required
+    assert asked.returncode == 1 and "add --yes to delete without asking" in asked.stderr
+    assert "done (2.0 MB)" in asked.stderr and done.is_dir()
+    typo = lfwrap("runs", "remove", "done", "dnoe", "--yes")  # every name is checked before anything goes
+    assert typo.returncode == 1 and "No run named 'dnoe'" in typo.stderr and done.is_dir()
+    busy = lfwrap("runs", "remove", "queued", "--yes")
+    assert busy.returncode == 1
+    assert "is queued; cancel it first with `lfwrap runs cancel queued`" in busy.stderr
+    assert queued.is_dir()
+
+    proc = lfwrap("runs", "remove", "done", "elsewhere", "--yes", check=True)
+    assert proc.stdout.splitlines() == [
+        "Removed run done (2.0 MB).",
+        "Removed run elsewhere (0.0 MB).",
+        f"  its output_dir {tmp_path / 'out'} is outside the run folder and was left in place.",
+    ]
+    assert not done.exists() and not elsewhere.exists() and (tmp_path / "out").is_dir()

@@ -1,4 +1,4 @@
-"""`lfwrap runs`: list, inspect, follow and cancel runs."""
+"""`lfwrap runs`: list, inspect, follow, cancel and remove runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-LIST_HELP = """List runs, or inspect, follow and cancel one.
+LIST_HELP = """List runs, or inspect, follow, cancel or remove them.
 
 Without a subcommand: a table of runs (name, template, status, progress, last loss, age).
 
@@ -19,6 +19,7 @@ Examples:
   $ lfwrap runs show conch
   $ lfwrap runs logs conch --follow
   $ lfwrap runs cancel conch
+  $ lfwrap runs remove conch
 """
 
 
@@ -137,3 +138,39 @@ def cancel(run: str) -> None:
 
     meta = cancel_run(store.find_run(run))
     click.echo(f"Run {meta.name} is {meta.status}.")
+
+
+@runs.command(
+    "remove",
+    help="""Delete finished runs: their folders, with the adapter, checkpoints and copied data.
+
+Asks first unless --yes is given (without a terminal, --yes is required). Queued or running runs are
+refused; cancel them first. An output_dir set outside the run folder is left in place and named.
+
+\b
+Examples:
+  $ lfwrap runs remove conch
+  $ lfwrap runs remove old-1 old-2 --yes
+""",
+)
+@click.argument("names", nargs=-1, required=True, metavar="RUN...")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting.")
+def remove(names: tuple[str, ...], yes: bool) -> None:
+    import sys
+
+    from wrapper.errors import UsageError
+    from wrapper.launch import runs as store
+    from wrapper.launch.train import folder_size, remove_run
+
+    folders = [store.find_run(name) for name in dict.fromkeys(names)]  # every name checked before any delete
+    sizes = {folder: folder_size(folder) for folder in folders}
+    listing = ", ".join(f"{folder.name} ({sizes[folder] / 1e6:.1f} MB)" for folder in folders)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"Deleting {listing} needs confirmation; add --yes to delete without asking.")
+        click.confirm(f"Delete {listing}?", abort=True)
+    for folder in folders:
+        outside = remove_run(folder)
+        click.echo(f"Removed run {folder.name} ({sizes[folder] / 1e6:.1f} MB).")
+        if outside is not None:
+            click.echo(f"  its output_dir {outside} is outside the run folder and was left in place.")

@@ -365,3 +365,39 @@ def _signal_group(pgid: int, sig: int) -> None:
 def discard_run(run_dir: Path) -> None:
     """Remove a run directory that was only planned (--dry-run) or could not start."""
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (symlinks not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def remove_run(run_dir: Path) -> Path | None:
+    """Delete a finished run's folder; returns an output_dir outside it that was left in place.
+
+    A queued or running run is refused (cancel it first). Files a container wrote as root cannot be
+    deleted by another user: the error says so instead of leaving a half-deleted run unexplained.
+    """
+    meta = refresh(run_dir)
+    if meta.status not in runs.FINISHED:
+        raise RunError(
+            f"Run {meta.name!r} is {meta.status}; cancel it first with `lfwrap runs cancel {meta.name}`."
+        )
+    output = Path(meta.output_dir)
+    outside = None if output.resolve().is_relative_to(run_dir.resolve()) else output
+
+    failed: list[str] = []
+    shutil.rmtree(run_dir, onerror=lambda _func, path, _exc: failed.append(path))
+    if failed:
+        raise RunError(
+            f"Could not delete {len(failed)} path(s) of run {meta.name!r}, e.g. {failed[0]} (written as root "
+            f"by a container?); remove {run_dir} with sudo, and use --as-me for docker runs."
+        )
+    return outside

@@ -24,7 +24,6 @@ from wrapper.datasets.registry import (
     register,
     unregister,
     user_registry,
-    write_atomic,
 )
 from wrapper.datasets.rows import defaults
 from wrapper.errors import DatasetError, Problem, UsageError
@@ -240,7 +239,5 @@ def remove_dataset(name: str, *, keep_file: bool = False) -> Removed:
     else:
         file_name = in_info[name].get("file_name")
         kept = (folder / file_name) if file_name else None
-    # Rewrite dataset_info.json without the entry (it would otherwise be kept as hand-added).
-    write_atomic(info_path, json.dumps({k: v for k, v in in_info.items() if k != name}, ensure_ascii=False))
-    prepare_dataset_dir()
+    prepare_dataset_dir(drop=name)  # else its line in dataset_info.json would be kept as hand-added
     return Removed(name=name, deleted=deleted, kept=kept, bundled_back=name in bundled)

@@ -135,25 +135,27 @@ def render_dataset_info(entries: dict[str, dict[str, Any]]) -> str:
     return text
 
 
-def merged_entries() -> dict[str, dict[str, Any]]:
-    """Bundled + kept hand-added + user-registered entries, in that order of precedence (last wins)."""
+def merged_entries(drop: str | None = None) -> dict[str, dict[str, Any]]:
+    """Bundled + kept hand-added + user-registered entries, in that order of precedence (last wins);
+    `drop` names a hand-added entry to leave out (it is being removed)."""
     bundled_dir = home.bundled_datasets_dir()
     info_path = home.user_datasets_dir() / INFO_FILE
     bundled = bundled_registry()
     entries = {name: info_entry(entry, str(bundled_dir / entry.file)) for name, entry in bundled.items()}
     if info_path.is_file():
         for name, entry in read_dataset_info(info_path).items():
-            if name not in bundled:
+            if name not in bundled and name != drop:
                 entries[name] = entry
     for name, user_entry in user_registry().items():
         entries[name] = info_entry(user_entry, user_entry.file)
     return entries
 
 
-def prepare_dataset_dir() -> Path:
-    """$LFWRAP_HOME/datasets with an up-to-date dataset_info.json; returns that folder."""
+def prepare_dataset_dir(drop: str | None = None) -> Path:
+    """$LFWRAP_HOME/datasets with an up-to-date dataset_info.json (without the hand-added entry `drop`);
+    returns that folder."""
     folder = home.user_datasets_dir()
-    entries = merged_entries()
+    entries = merged_entries(drop)
     problems = check_entries(entries, file=str(folder / INFO_FILE))
     if problems:
         message = f"The dataset registry under {folder} is inconsistent; fix the entries below."

@@ -8,7 +8,7 @@ from wrapper.errors import LaunchError
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import model_mounts, read_host_config, write_yaml
+from wrapper.launch.train import docker_setup, model_mounts, read_host_config, write_yaml
 
 EXPORT_FILE = "export.yaml"
 
@@ -67,8 +67,8 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
     )
 
     # A run trained with --as-me is exported as the same user, so its merged model is the user's too.
-    trained = (runs.read_meta(run_dir).docker or {}).get("options", {})
-    options = DockerOptions(hf_cache=default_hf_cache(), user=trained.get("user"))
+    trained, _ = docker_setup(runs.read_meta(run_dir))
+    options = DockerOptions(hf_cache=default_hf_cache(), user=trained.user)
     mounts: list[Mount] = model_mounts(config, run_dir)
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)

@@ -427,9 +427,21 @@ def test_standin_hf_cache_created_and_mounted(engine, layout, tmp_path):
     assert "HF_HOME=/root/.cache/huggingface" in body["Env"]
 
 
-def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwrap_home):
+def _train_in_standin(engine, lfwrap, lfwrap_home: Path, name: str, *extra: str,
+                      play=_play_llamafactory) -> Path:
+    """A finished docker run of the tiny model's folder, as the stand-in plays it; the model folder."""
     engine.images.add(DEFAULT_IMAGE)
+    engine.on_start = play
+    model = lfwrap_home / "models" / "tiny-llama"
+    model.mkdir(parents=True)
+    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
+                    "--backend", "docker", "--gpus", "none", *extra, "--name", name,
+                    env={"DOCKER_HOST": engine.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return model
 
+
+def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwrap_home):
     def play(container) -> None:  # training, then the merge writing into the mounted run folder
         if container.config["Cmd"][1] == "train":
             return _play_llamafactory(container)
@@ -438,14 +450,8 @@ def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwra
         merged.mkdir()
         (merged / "model.safetensors").write_bytes(b"stand-in")
 
-    engine.on_start = play
-    model = lfwrap_home / "models" / "tiny-llama"
-    model.mkdir(parents=True)
-    docker = {"DOCKER_HOST": engine.url}
-    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
-                    "--backend", "docker", "--gpus", "none", "--as-me", "--name", "mine", env=docker)
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = lfwrap("export", "mine", "--backend", "docker", env=docker)
+    model = _train_in_standin(engine, lfwrap, lfwrap_home, "mine", "--as-me", play=play)
+    result = lfwrap("export", "mine", "--backend", "docker", env={"DOCKER_HOST": engine.url})
     assert result.returncode == 0, result.stdout + result.stderr
 
     # The run's config holds container paths; the export maps them back to the host and in again.
@@ -478,18 +484,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _train_in_standin(engine, lfwrap, lfwrap_home: Path, name: str) -> Path:
-    """A finished docker run of the tiny model's folder, as the stand-in plays it; the model folder."""
-    engine.images.add(DEFAULT_IMAGE)
-    engine.on_start = _play_llamafactory
-    model = lfwrap_home / "models" / "tiny-llama"
-    model.mkdir(parents=True)
-    result = lfwrap("train", "--template", "sft_lora", "--model", str(model), "--set", "template=default",
-                    "--backend", "docker", "--gpus", "none", "--name", name, env={"DOCKER_HOST": engine.url})
-    assert result.returncode == 0, result.stdout + result.stderr
-    return model
 
 
 def test_standin_serve_backend_docker_publishes_waits_and_stops(engine, lfwrap, lfwrap_home):

@@ -274,7 +274,6 @@ def connect(options: DockerOptions) -> DockerClient:
     from docker.client import DockerClient
     from docker.errors import DockerException
 
-    url, source = engine_url(options)
     try:
         if options.base_url:
             client = DockerClient(base_url=options.base_url, version="auto")
@@ -282,6 +281,7 @@ def connect(options: DockerOptions) -> DockerClient:
             client = DockerClient.from_env()
         client.ping()
     except DockerException as exc:
+        url, source = engine_url(options)  # where from_env looked, worked out again only for the message
         raise LaunchError(
             f"Docker engine not reachable at {url} ({source}); start Docker, or point DOCKER_HOST or "
             "`docker context use` at a running engine, or use --backend local."

@@ -6,7 +6,10 @@
     ├── DatasetError            a dataset file or dataset_info.json that is malformed
     ├── RunError                a run directory that is missing, busy or in the wrong state
     ├── LaunchError             a launcher could not start or follow LLaMA-Factory (local or Docker)
-    └── GatewayError            gateway settings or key store problems
+    ├── GatewayError            gateway settings or key store problems
+    └── RagError                documents that cannot be indexed, a bad question file
+        ├── IndexMissingError   no retrieval index of that name (raised when opening it)
+        └── IndexBrokenError    an index folder or database that cannot be read (raised when opening it)
 
 Anything else reaching the CLI is a bug: it is shown with its traceback only under --debug.
 """
@@ -63,4 +66,16 @@ class LaunchError(LfwrapError):
 
 
 class GatewayError(LfwrapError):
+    pass
+
+
+class RagError(LfwrapError):
+    pass
+
+
+class IndexMissingError(RagError):
+    pass
+
+
+class IndexBrokenError(RagError):
     pass

@@ -34,6 +34,11 @@ def bundled_datasets_dir() -> Path:
     return _bundled("datasets")
 
 
+def bundled_rag_docs_dir() -> Path:
+    """The small document set about the (fictional) Krusty Krab that `lfwrap rag` examples index."""
+    return _bundled("rag_docs") / "krusty-krab"
+
+
 def _sub(name: str) -> Path:
     path = home() / name
     path.mkdir(parents=True, exist_ok=True)

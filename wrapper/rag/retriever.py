@@ -1,0 +1,47 @@
+"""What the gateway and `lfwrap rag query` call: open an index once, then search it per request.
+
+Opening reads everything (and raises IndexMissingError / IndexBrokenError with a one-sentence fix), so
+a server can refuse to start on a bad index instead of failing each request. A search is the latest
+question plus, at a lower weight, the last few earlier user turns, so "and how much is it?" still finds
+the dish named one turn before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from wrapper.rag.chunking import Hit
+from wrapper.rag.store import LocalStore, Manifest
+from wrapper.rag.tokenize import get_tokenizer
+
+HISTORY_TURNS = 2  # earlier user messages searched along with the latest one
+HISTORY_WEIGHT = 0.3  # their weight against the latest message's 1.0
+
+
+class SearchStore(Protocol):
+    manifest: Manifest
+
+    def search(self, queries: Sequence[tuple[list[str], float]], k: int, min_score: float) -> list[Hit]: ...
+
+
+class Retriever:
+    def __init__(self, store: SearchStore):
+        self.store = store
+        self.manifest = store.manifest
+        self._tokenize = get_tokenizer(store.manifest.tokenizer)
+
+    @classmethod
+    def open(cls, name_or_path: str | Path) -> Retriever:
+        """The embedded index named `name_or_path` under $LFWRAP_HOME/rag, or at that folder."""
+        return cls(LocalStore.open(name_or_path))
+
+    def search(
+        self, query: str, history: Sequence[str] = (), top_k: int = 4, min_score: float = 0.0
+    ) -> list[Hit]:
+        """The `top_k` best chunks for `query`, best first; only chunks sharing a term with the query
+        (or the recent `history`, oldest first) and scoring at least `min_score` are returned."""
+        queries = [(self._tokenize(query), 1.0)]
+        queries += [(self._tokenize(turn), HISTORY_WEIGHT) for turn in list(history)[-HISTORY_TURNS:]]
+        return self.store.search([(tokens, w) for tokens, w in queries if tokens], top_k, min_score)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("wrapper.cli.gateway_cmd:gateway", "OpenAI-compatible gateway in front of API servers."),
     "keys": ("wrapper.cli.keys_cmd:keys", "Create, list and revoke gateway API keys."),
     "webui": ("wrapper.cli.webui_cmd:webui", "Start LLaMA-Factory's web UI with lfwrap's datasets."),
+    "rag": ("wrapper.cli.rag_cmd:rag", "Index documents, search them, evaluate retrieval (RAG)."),
 }
 
 QUICK_START = """Fine-tune an open LLM with LLaMA-Factory and serve it behind an OpenAI-compatible endpoint.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,7 +83,7 @@ def list_(as_json: bool) -> None:
     from wrapper.errors import IndexBrokenError
     from wrapper.rag.store import index_names, rag_dir, read_manifest
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in index_names():
         try:
             m = read_manifest(rag_dir() / name)

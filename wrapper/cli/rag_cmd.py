@@ -24,7 +24,7 @@ rag_docs/krusty-krab in a source checkout."""
 Examples:
   $ lfwrap rag index krusty rag_docs/krusty-krab
   $ lfwrap rag query krusty "蟹黄堡多少钱？"
-  $ lfwrap rag query krusty "How much is a Kelp Shake?" -k 2
+  $ lfwrap rag query krusty "Are Seafoam Soda refills free?" -k 2
   $ lfwrap rag eval krusty rag_docs/questions.jsonl
   $ lfwrap rag list
 """,

@@ -17,7 +17,7 @@ from wrapper.rag.store import LocalStore, Manifest
 from wrapper.rag.tokenize import get_tokenizer
 
 HISTORY_TURNS = 2  # earlier user messages searched along with the latest one
-HISTORY_WEIGHT = 0.3  # their weight against the latest message's 1.0
+HISTORY_WEIGHT = 0.5  # their weight against the latest message's 1.0
 
 
 class SearchStore(Protocol):

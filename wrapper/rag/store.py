@@ -200,7 +200,11 @@ class LocalTarget:
         self.folder = folder
 
     def manifest(self) -> Manifest | None:
-        return read_manifest(self.folder)
+        """The stored manifest; None when there is no index or it cannot be opened (then rebuild all)."""
+        try:
+            return LocalStore.open(self.folder).manifest
+        except (IndexMissingError, IndexBrokenError):
+            return None
 
     def apply(self, manifest: Manifest, changed: dict[str, tuple[list[Chunk], list[list[str]]]]) -> None:
         """Store `manifest`'s files: those in `changed` from their new chunks, the rest as stored now."""

@@ -1,9 +1,9 @@
 """Index documents into a store, re-reading only the files whose checksum changed.
 
-`index_paths` works on any target with `manifest()` and `apply(manifest, changed)`: the embedded folder
-(store.LocalTarget) or PostgreSQL (pgstore.PostgresStore). A file whose SHA-256 matches the stored
-manifest (under the same chunk settings) is not read again and its chunks keep their ids; a run where
-nothing changed writes nothing.
+`index_paths` works on any target with `current_manifest()` and `apply(manifest, changed)`: the
+embedded folder (store.LocalTarget) or PostgreSQL (pgstore.PostgresStore). A file whose SHA-256
+matches the stored manifest (under the same chunk settings) is not read again and its chunks keep
+their ids; a run where nothing changed writes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from wrapper.rag.tokenize import get_tokenizer
 
 
 class Target(Protocol):
-    def manifest(self) -> Manifest | None: ...
+    def current_manifest(self) -> Manifest | None: ...
 
     def apply(self, manifest: Manifest, changed: dict[str, tuple[list[Chunk], list[list[str]]]]) -> None: ...
 
@@ -49,7 +49,7 @@ def index_paths(
 ) -> IndexReport:
     started = time.perf_counter()
     try:
-        old = target.manifest()
+        old = target.current_manifest()
     except IndexBrokenError:
         old = None  # a damaged index is rebuilt from the documents
     size = chunk_size or (old.chunk_size if old else DEFAULT_SIZE)

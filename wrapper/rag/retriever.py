@@ -21,20 +21,28 @@ HISTORY_WEIGHT = 0.5  # their weight against the latest message's 1.0
 
 
 class SearchStore(Protocol):
-    manifest: Manifest
+    @property
+    def manifest(self) -> Manifest | None: ...
 
     def search(self, queries: Sequence[tuple[list[str], float]], k: int, min_score: float) -> list[Hit]: ...
 
 
 class Retriever:
     def __init__(self, store: SearchStore):
+        if store.manifest is None:
+            raise ValueError("open the store before searching it")
         self.store = store
-        self.manifest = store.manifest
-        self._tokenize = get_tokenizer(store.manifest.tokenizer)
+        self.manifest: Manifest = store.manifest
+        self._tokenize = get_tokenizer(self.manifest.tokenizer)
 
     @classmethod
-    def open(cls, name_or_path: str | Path) -> Retriever:
-        """The embedded index named `name_or_path` under $LFWRAP_HOME/rag, or at that folder."""
+    def open(cls, name_or_path: str | Path, postgres: str | None = None) -> Retriever:
+        """The embedded index named `name_or_path` under $LFWRAP_HOME/rag (or at that folder), or,
+        with `postgres` (a libpq DSN or URL), the index of that name in that database."""
+        if postgres:
+            from wrapper.rag.pgstore import PostgresStore
+
+            return cls(PostgresStore.open(postgres, str(name_or_path)))
         return cls(LocalStore.open(name_or_path))
 
     def search(

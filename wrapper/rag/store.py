@@ -199,7 +199,7 @@ class LocalTarget:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def manifest(self) -> Manifest | None:
+    def current_manifest(self) -> Manifest | None:
         """The stored manifest; None when there is no index or it cannot be opened (then rebuild all)."""
         try:
             return LocalStore.open(self.folder).manifest

@@ -18,6 +18,7 @@ The last line is a one-line summary. Default run: about a minute or two on 2 sha
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -40,10 +41,10 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     zh = ["".join(rng.choices(chars, k=rng.choice((1, 2, 2, 3)))) for _ in range(20000)]
     en = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 9))) for _ in range(20000)]
     words = [w for pair in zip(zh, en, strict=True) for w in pair]
-    weights = [1 / (i + 1) ** 1.05 for i in range(len(words))]
+    cum_weights = list(itertools.accumulate(1 / (i + 1) ** 1.05 for i in range(len(words))))
     chunks = []
     for _ in range(n):
-        picked = rng.choices(words, weights=weights, k=40)
+        picked = rng.choices(words, cum_weights=cum_weights, k=40)
         # Chinese words run together (no spaces), as in real text; Latin words are spaced.
         chunks.append("".join(w if w[0] >= "\u4e00" else f" {w} " for w in picked).strip())
     return chunks, words

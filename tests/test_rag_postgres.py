@@ -7,6 +7,7 @@ psycopg are missing.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -171,3 +172,20 @@ def test_errors_at_open(postgres: str) -> None:
     with pytest.raises(IndexMissingError, match="Cannot connect to PostgreSQL") as err:
         Retriever.open("krusty", postgres="host=/nonexistent-socket-dir dbname=x user=u password=s3cret")
     assert "s3cret" not in str(err.value)
+
+
+def test_cli_with_postgres(postgres: str) -> None:
+    from conftest import run_lfwrap
+
+    out = run_lfwrap("rag", "index", "cli", str(DOCS), "--postgres", postgres, check=True)
+    assert "Indexed cli: 5 added" in out.stdout and "(PostgreSQL)" in out.stdout
+    env = {"LFWRAP_RAG_POSTGRES": postgres}
+    out = run_lfwrap("rag", "query", "cli", "蟹黄堡多少钱？", "--json", env=env, check=True)
+    assert json.loads(out.stdout)[0]["id"] == "菜单.md#1"
+    out = run_lfwrap("rag", "eval", "cli", str(DOCS.parent / "questions.jsonl"), env=env, check=True)
+    assert "14 questions: recall@4" in out.stdout
+    assert not (rag_dir() / "cli").exists()  # nothing embedded was written
+    out = run_lfwrap("rag", "remove", "cli", env=env, check=True)
+    assert "Removed index cli from PostgreSQL" in out.stdout
+    proc = run_lfwrap("rag", "query", "cli", "x", env=env)
+    assert proc.returncode == 1 and "No retrieval index 'cli' in PostgreSQL" in proc.stderr

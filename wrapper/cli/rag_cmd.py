@@ -18,6 +18,16 @@ The bundled example set (the fictional Krusty Krab's menu, in English and Chines
 rag_docs/krusty-krab in a source checkout."""
 
 
+_POSTGRES = click.option(
+    "--postgres",
+    "postgres",
+    envvar="LFWRAP_RAG_POSTGRES",
+    default=None,
+    metavar="DSN",
+    help="Use the index of this name in PostgreSQL (libpq DSN or URL; env LFWRAP_RAG_POSTGRES).",
+)
+
+
 @click.group(
     help=_HELP,
     epilog="""\b
@@ -44,18 +54,29 @@ Examples:
   $ lfwrap rag index krusty rag_docs/krusty-krab
   $ lfwrap rag index handbook docs/ faq.jsonl --chunk-size 500 --overlap 50
   $ lfwrap rag index krusty rag_docs/krusty-krab      # again: only edited files are read
+  $ lfwrap rag index krusty rag_docs/krusty-krab --postgres "host=db dbname=rag user=lfwrap"
 """,
 )
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--chunk-size", type=click.IntRange(min=16), default=None, help="Chunk budget in tokens.")
 @click.option("--overlap", type=click.IntRange(min=0), default=None, help="Tokens repeated between chunks.")
-def index(name: str, paths: tuple[Path, ...], chunk_size: int | None, overlap: int | None) -> None:
-    from wrapper.rag.indexer import index_paths
+@_POSTGRES
+def index(
+    name: str, paths: tuple[Path, ...], chunk_size: int | None, overlap: int | None, postgres: str | None
+) -> None:
+    from wrapper.rag.indexer import Target, index_paths
     from wrapper.rag.store import LocalTarget, check_name, rag_dir
 
-    folder = rag_dir() / check_name(name)
-    report = index_paths(LocalTarget(folder), name, list(paths), chunk_size, overlap)
+    target: Target
+    if postgres:
+        from wrapper.rag.pgstore import PostgresStore
+
+        target, folder = PostgresStore(postgres, name), "PostgreSQL"
+    else:
+        target = LocalTarget(rag_dir() / check_name(name))
+        folder = str(rag_dir() / name)
+    report = index_paths(target, name, list(paths), chunk_size, overlap)
     counts = (
         f"{len(report.added)} added, {len(report.changed)} changed, {len(report.unchanged)} unchanged, "
         f"{len(report.removed)} removed"
@@ -151,7 +172,14 @@ Examples:
 """,
 )
 @click.argument("name")
-def remove(name: str) -> None:
+@_POSTGRES
+def remove(name: str, postgres: str | None) -> None:
+    if postgres:
+        from wrapper.rag.pgstore import PostgresStore
+
+        PostgresStore.open(postgres, name).remove()
+        click.echo(f"Removed index {name} from PostgreSQL.")
+        return
     from wrapper.rag.store import remove as remove_index
 
     folder = remove_index(name)
@@ -171,10 +199,13 @@ Examples:
 @click.option("-k", "--top-k", "top_k", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop chunks scoring less.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits (with their text) as JSON.")
-def query(name: str, question: str, top_k: int, min_score: float, as_json: bool) -> None:
+@_POSTGRES
+def query(
+    name: str, question: str, top_k: int, min_score: float, as_json: bool, postgres: str | None
+) -> None:
     from wrapper.rag.retriever import Retriever
 
-    hits = Retriever.open(name).search(question, top_k=top_k, min_score=min_score)
+    hits = Retriever.open(name, postgres=postgres).search(question, top_k=top_k, min_score=min_score)
     if as_json:
         rows = [{**h.source_entry(), "text": h.chunk.text} for h in hits]
         click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -205,11 +236,12 @@ Examples:
 @click.argument("questions", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-k", "--top-k", "top_k", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures and each question's result as JSON.")
-def eval_(name: str, questions: Path, top_k: int, as_json: bool) -> None:
+@_POSTGRES
+def eval_(name: str, questions: Path, top_k: int, as_json: bool, postgres: str | None) -> None:
     from wrapper.rag.evaluate import evaluate, load_questions
     from wrapper.rag.retriever import Retriever
 
-    retriever = Retriever.open(name)
+    retriever = Retriever.open(name, postgres=postgres)
     result = evaluate(retriever, load_questions(questions), top_k)
     if as_json:
         rows = [

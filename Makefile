@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, then torchaudio against it: the order verified to resolve on CPU machines
 	$(BIN)/pip install --quiet torch==2.9.1 torchvision==0.24.1
-	$(BIN)/pip install --quiet -e '.[local,dev,rag]'
+	$(BIN)/pip install --quiet -e '.[local,dev,rag,rag-dense]'
 	touch $(STAMP)
 
 venv: $(STAMP)

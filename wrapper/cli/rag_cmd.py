@@ -55,15 +55,28 @@ Examples:
   $ lfwrap rag index handbook docs/ faq.jsonl --chunk-size 500 --overlap 50
   $ lfwrap rag index krusty rag_docs/krusty-krab      # again: only edited files are read
   $ lfwrap rag index krusty rag_docs/krusty-krab --postgres "host=db dbname=rag user=lfwrap"
+  $ lfwrap rag index krusty rag_docs/krusty-krab --embedding-model ~/models/all-MiniLM-L6-v2
 """,
 )
 @click.argument("name")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--chunk-size", type=click.IntRange(min=16), default=None, help="Chunk budget in tokens.")
 @click.option("--overlap", type=click.IntRange(min=0), default=None, help="Tokens repeated between chunks.")
+@click.option(
+    "--embedding-model",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A local sentence-transformers model folder: adds dense retrieval, fused with BM25 "
+    "(needs lfwrap[rag-dense]; nothing is downloaded).",
+)
 @_POSTGRES
 def index(
-    name: str, paths: tuple[Path, ...], chunk_size: int | None, overlap: int | None, postgres: str | None
+    name: str,
+    paths: tuple[Path, ...],
+    chunk_size: int | None,
+    overlap: int | None,
+    embedding_model: Path | None,
+    postgres: str | None,
 ) -> None:
     from wrapper.rag.indexer import Target, index_paths
     from wrapper.rag.store import LocalTarget, check_name, rag_dir
@@ -76,7 +89,7 @@ def index(
     else:
         target = LocalTarget(rag_dir() / check_name(name))
         folder = str(rag_dir() / name)
-    report = index_paths(target, name, list(paths), chunk_size, overlap)
+    report = index_paths(target, name, list(paths), chunk_size, overlap, embedding_model=embedding_model)
     counts = (
         f"{len(report.added)} added, {len(report.changed)} changed, {len(report.unchanged)} unchanged, "
         f"{len(report.removed)} removed"
@@ -159,6 +172,7 @@ def show(name: str, as_json: bool) -> None:
         return
     click.echo(f"{name}: {len(m.files)} files, {m.chunk_count} chunks at {store.folder}")
     click.echo(f"  chunk size {m.chunk_size}, overlap {m.overlap}, tokenizer {m.tokenizer}")
+    click.echo(f"  embedding model: {m.embedding_model or 'none (BM25 only)'}")
     click.echo(f"  indexed from: {', '.join(m.roots)}")
     for source, f in m.files.items():
         click.echo(f"  {source}  {f.chunks} chunks  {f.size} bytes  sha256 {f.sha256[:12]}")

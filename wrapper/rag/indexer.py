@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Protocol
 
 from wrapper.errors import IndexBrokenError, RagError
-from wrapper.rag.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, Chunk, chunk_parts
+from wrapper.rag.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_parts
 from wrapper.rag.loaders import discover, load
-from wrapper.rag.store import FileEntry, Manifest
+from wrapper.rag.store import FileChunks, FileEntry, Manifest
 from wrapper.rag.tokenize import get_tokenizer
 
 
 class Target(Protocol):
     def current_manifest(self) -> Manifest | None: ...
 
-    def apply(self, manifest: Manifest, changed: dict[str, tuple[list[Chunk], list[list[str]]]]) -> None: ...
+    def apply(self, manifest: Manifest, changed: dict[str, FileChunks]) -> None: ...
 
 
 @dataclass
@@ -46,7 +46,12 @@ def index_paths(
     chunk_size: int | None = None,
     overlap: int | None = None,
     tokenizer: str = "jieba",
+    embedding_model: Path | None = None,
 ) -> IndexReport:
+    """Bring the index at `target` up to date with the documents under `paths`.
+
+    `embedding_model` (a local sentence-transformers folder) adds dense vectors; once set it stays the
+    index's model until another is given."""
     started = time.perf_counter()
     try:
         old = target.current_manifest()
@@ -58,7 +63,15 @@ def index_paths(
         raise RagError(
             f"--chunk-size {size} / --overlap {lap}: need a size of at least 16 and 0 <= overlap < size."
         )
-    same_settings = old is not None and (old.chunk_size, old.overlap, old.tokenizer) == (size, lap, tokenizer)
+    model = (
+        str(embedding_model.expanduser().resolve())
+        if embedding_model
+        else (old.embedding_model if old else None)
+    )
+    settings = (size, lap, tokenizer, model)
+    same_settings = (
+        old is not None and (old.chunk_size, old.overlap, old.tokenizer, old.embedding_model) == settings
+    )
     found = discover(paths)
     if not found.files:
         raise RagError(
@@ -67,7 +80,12 @@ def index_paths(
 
     tokenize = get_tokenizer(tokenizer)
     report = IndexReport(name, skipped=found.skipped)
-    changed: dict[str, tuple[list[Chunk], list[list[str]]]] = {}
+    changed: dict[str, FileChunks] = {}
+    embedder = None
+    if model:
+        from wrapper.rag.dense import load_embedder
+
+        embedder = load_embedder(Path(model))  # a bad folder fails before any work
     files: dict[str, FileEntry] = {}
     for file in found.files:
         before = old.files.get(file.source) if old else None
@@ -77,7 +95,9 @@ def index_paths(
             continue
         (report.changed if before is not None else report.added).append(file.source)
         chunks = chunk_parts(file.source, load(file), size, lap)
-        changed[file.source] = (chunks, [tokenize(c.indexed_text()) for c in chunks])
+        texts = [c.indexed_text() for c in chunks]
+        vectors = embedder.encode(texts) if embedder is not None and texts else None
+        changed[file.source] = FileChunks(chunks, [tokenize(t) for t in texts], vectors)
         files[file.source] = FileEntry(
             path=str(file.path), sha256=file.sha256, size=file.size, chunks=len(chunks)
         )
@@ -92,6 +112,7 @@ def index_paths(
         updated=now,
         roots=[str(p.resolve()) for p in paths],
         files=files,
+        embedding_model=model,
     )
     report.chunks = manifest.chunk_count
     if report.chunks == 0:

@@ -17,10 +17,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from wrapper.errors import IndexBrokenError, IndexMissingError
+from wrapper.errors import IndexBrokenError, IndexMissingError, RagError
 from wrapper.rag.chunking import Chunk, Hit
 from wrapper.rag.lexical import K1, B
-from wrapper.rag.store import Manifest, check_name
+from wrapper.rag.store import FileChunks, Manifest, check_name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS lfwrap_rag_manifest (name text PRIMARY KEY, manifest jsonb NOT NULL);
@@ -105,7 +105,11 @@ class PostgresStore:
                 f"The manifest of {self.name!r} in PostgreSQL cannot be read; re-index."
             ) from exc
 
-    def apply(self, manifest: Manifest, changed: dict[str, tuple[list[Chunk], list[list[str]]]]) -> None:
+    def apply(self, manifest: Manifest, changed: dict[str, FileChunks]) -> None:
+        if manifest.embedding_model:
+            raise RagError(
+                "Dense retrieval (--embedding-model) works with the embedded store only, not PostgreSQL."
+            )
         with _connect(self.dsn) as conn, conn.transaction():
             conn.execute(SCHEMA)
             old = conn.execute(
@@ -118,12 +122,12 @@ class PostgresStore:
                 with cur.copy(
                     "COPY lfwrap_rag_chunks (name, id, source, position, title, text, length) FROM STDIN"
                 ) as cp:
-                    for chunks, tokens in changed.values():
-                        for c, toks in zip(chunks, tokens, strict=True):
+                    for entry in changed.values():
+                        for c, toks in zip(entry.chunks, entry.tokens, strict=True):
                             cp.write_row((self.name, c.id, c.source, c.position, c.title, c.text, len(toks)))
                 with cur.copy("COPY lfwrap_rag_postings (name, term, chunk_id, source, tf) FROM STDIN") as cp:
-                    for chunks, tokens in changed.values():
-                        for c, toks in zip(chunks, tokens, strict=True):
+                    for entry in changed.values():
+                        for c, toks in zip(entry.chunks, entry.tokens, strict=True):
                             for term, tf in Counter(toks).items():
                                 cp.write_row((self.name, term, c.id, c.source, tf))
             conn.execute(
@@ -179,6 +183,11 @@ class PostgresStore:
         }
         rows = self._conn.execute(SEARCH, params).fetchall()
         return [Hit(Chunk(r[0], r[1], r[2], r[3], r[4]), float(r[5])) for r in rows]
+
+    dense = False  # vectors live in the embedded store only
+
+    def dense_search(self, text: str, k: int) -> list[Hit]:
+        return []
 
     def close(self) -> None:
         if self._conn is not None:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Protocol
 
 from wrapper.rag.chunking import Hit
+from wrapper.rag.fusion import rrf
 from wrapper.rag.store import LocalStore, Manifest
 from wrapper.rag.tokenize import get_tokenizer
 
 HISTORY_TURNS = 2  # earlier user messages searched along with the latest one
 HISTORY_WEIGHT = 0.5  # their weight against the latest message's 1.0
+FUSION_DEPTH = 50  # candidates taken from each of BM25 and dense before reciprocal rank fusion
 
 
 class SearchStore(Protocol):
@@ -25,6 +27,11 @@ class SearchStore(Protocol):
     def manifest(self) -> Manifest | None: ...
 
     def search(self, queries: Sequence[tuple[list[str], float]], k: int, min_score: float) -> list[Hit]: ...
+
+    @property
+    def dense(self) -> bool: ...
+
+    def dense_search(self, text: str, k: int) -> list[Hit]: ...
 
 
 class Retriever:
@@ -48,8 +55,19 @@ class Retriever:
     def search(
         self, query: str, history: Sequence[str] = (), top_k: int = 4, min_score: float = 0.0
     ) -> list[Hit]:
-        """The `top_k` best chunks for `query`, best first; only chunks sharing a term with the query
-        (or the recent `history`, oldest first) and scoring at least `min_score` are returned."""
-        queries = [(self._tokenize(query), 1.0)]
-        queries += [(self._tokenize(turn), HISTORY_WEIGHT) for turn in list(history)[-HISTORY_TURNS:]]
-        return self.store.search([(tokens, w) for tokens, w in queries if tokens], top_k, min_score)
+        """The `top_k` best chunks for `query`, best first.
+
+        BM25 alone: chunks sharing a term with the query (or the recent `history`, oldest first) and
+        scoring at least `min_score`; a hit's score is its BM25 score. With an embedding model: those
+        BM25 candidates and the chunks nearest in meaning, fused by reciprocal rank; the score is then
+        the fused one (about 0.01-0.03)."""
+        turns = list(history)[-HISTORY_TURNS:]
+        queries = [(self._tokenize(query), 1.0)] + [(self._tokenize(turn), HISTORY_WEIGHT) for turn in turns]
+        queries = [(tokens, w) for tokens, w in queries if tokens]
+        if not self.store.dense:
+            return self.store.search(queries, top_k, min_score)
+        lexical = self.store.search(queries, max(top_k, FUSION_DEPTH), min_score)
+        dense = self.store.dense_search("\n".join([*turns, query]), max(top_k, FUSION_DEPTH))
+        chunks = {h.id: h.chunk for h in [*lexical, *dense]}
+        fused = rrf([[h.id for h in lexical], [h.id for h in dense]])
+        return [Hit(chunks[chunk_id], score) for chunk_id, score in fused[:top_k]]

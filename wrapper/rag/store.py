@@ -4,6 +4,7 @@
     chunks.jsonl    one chunk per line (id, source, position, title, text), in file order
     tokens.txt      the same chunks' search terms, one line each (re-indexing reuses them)
     bm25/           the bm25s matrices
+    dense.npy       with an embedding model: one normalised vector per chunk, in the same order
 
 A write builds the new folder beside the old one and swaps it in, so a reader never sees half an index.
 Every problem reading it is raised by `LocalStore.open` as IndexMissingError or IndexBrokenError.
@@ -19,8 +20,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper import home
@@ -51,6 +55,7 @@ class Manifest(BaseModel):
     updated: float
     roots: list[str]
     files: dict[str, FileEntry]
+    embedding_model: str | None = None  # a local model folder: dense retrieval fused with BM25
 
     @property
     def chunk_count(self) -> int:
@@ -91,14 +96,29 @@ def _missing(folder: Path) -> IndexMissingError:
     )
 
 
+@dataclass
+class FileChunks:
+    """A file's chunks as indexed: their search terms and, with an embedding model, their vectors."""
+
+    chunks: list[Chunk]
+    tokens: list[list[str]]
+    vectors: np.ndarray | None = None
+
+
 class LocalStore:
-    """An opened embedded index: its manifest, chunks and BM25 matrices, all in memory."""
+    """An opened embedded index: its manifest, chunks, BM25 matrices (and vectors), all in memory."""
 
     def __init__(self, folder: Path, manifest: Manifest, chunks: list[Chunk], lexical: LexicalIndex):
         self.folder = folder
         self.manifest = manifest
         self.chunks = chunks
         self.lexical = lexical
+        self.vectors: np.ndarray | None = None
+        self.embedder: Any = None
+
+    @property
+    def dense(self) -> bool:
+        return self.vectors is not None
 
     @classmethod
     def open(cls, name_or_path: str | Path) -> LocalStore:
@@ -119,7 +139,26 @@ class LocalStore:
                 f"The index at {folder} is inconsistent ({len(chunks)} chunks, {lexical.num_docs} in BM25, "
                 f"{manifest.chunk_count} in manifest.json); rebuild it with `lfwrap rag index`."
             )
-        return cls(folder, manifest, chunks, lexical)
+        store = cls(folder, manifest, chunks, lexical)
+        if manifest.embedding_model:
+            from wrapper.rag.dense import load_embedder
+
+            try:
+                store.vectors = np.load(folder / "dense.npy")
+            except (OSError, ValueError) as exc:
+                raise IndexBrokenError(
+                    f"The vectors of the index at {folder} cannot be read ({exc}); "
+                    "rebuild it with `lfwrap rag index`."
+                ) from exc
+            if store.vectors.ndim != 2 or store.vectors.shape[0] != len(chunks):
+                raise IndexBrokenError(
+                    f"The index at {folder} has {store.vectors.shape[0]} vectors for {len(chunks)} chunks; "
+                    "rebuild it with `lfwrap rag index`."
+                )
+            store.embedder = load_embedder(
+                Path(manifest.embedding_model)
+            )  # loaded now, not at the first query
+        return store
 
     def search(self, queries: Sequence[tuple[list[str], float]], k: int, min_score: float) -> list[Hit]:
         """Chunks ranked by the weighted sum of each query's BM25 scores."""
@@ -130,6 +169,15 @@ class LocalStore:
         if total is None:
             return []
         return [Hit(self.chunks[row], score) for row, score in top_k(total, k, min_score)]
+
+    def dense_search(self, text: str, k: int) -> list[Hit]:
+        """Chunks by cosine similarity of their vectors to `text`'s (none without an embedding model)."""
+        if self.vectors is None or not text.strip():
+            return []
+        from wrapper.rag.dense import cosine_top
+
+        query = self.embedder.encode([text])[0]
+        return [Hit(self.chunks[row], score) for row, score in cosine_top(self.vectors, query, k)]
 
 
 def _chunk(row: dict) -> Chunk:
@@ -157,7 +205,13 @@ def read_tokens(folder: Path) -> list[list[str]]:
         return [line.split() for line in fh.read().splitlines()]
 
 
-def write(folder: Path, manifest: Manifest, chunks: list[Chunk], tokens: list[list[str]]) -> None:
+def write(
+    folder: Path,
+    manifest: Manifest,
+    chunks: list[Chunk],
+    tokens: list[list[str]],
+    vectors: np.ndarray | None = None,
+) -> None:
     """Write a whole index to `folder` (replacing what is there) in one swap."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -175,6 +229,8 @@ def write(folder: Path, manifest: Manifest, chunks: list[Chunk], tokens: list[li
         with (staging / "tokens.txt").open("w", encoding="utf-8") as fh:
             fh.writelines(" ".join(t) + "\n" for t in tokens)
         LexicalIndex.build(tokens).save(staging / "bm25")
+        if vectors is not None:
+            np.save(staging / "dense.npy", vectors)
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         if folder.exists():
@@ -206,21 +262,29 @@ class LocalTarget:
         except (IndexMissingError, IndexBrokenError):
             return None
 
-    def apply(self, manifest: Manifest, changed: dict[str, tuple[list[Chunk], list[list[str]]]]) -> None:
+    def apply(self, manifest: Manifest, changed: dict[str, FileChunks]) -> None:
         """Store `manifest`'s files: those in `changed` from their new chunks, the rest as stored now."""
-        kept: dict[str, tuple[list[Chunk], list[list[str]]]] = {}
+        kept: dict[str, FileChunks] = {}
+        kept_vectors: dict[str, list[np.ndarray]] = {}
         if any(source not in changed for source in manifest.files):
             rows = (self.folder / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
-            for row, tokens in zip(rows, read_tokens(self.folder), strict=True):
+            old_vectors = np.load(self.folder / "dense.npy") if manifest.embedding_model else None
+            for n, (row, tokens) in enumerate(zip(rows, read_tokens(self.folder), strict=True)):
                 chunk = _chunk(json.loads(row))
                 if chunk.source in manifest.files and chunk.source not in changed:
-                    kept.setdefault(chunk.source, ([], []))
-                    kept[chunk.source][0].append(chunk)
-                    kept[chunk.source][1].append(tokens)
+                    entry = kept.setdefault(chunk.source, FileChunks([], []))
+                    entry.chunks.append(chunk)
+                    entry.tokens.append(tokens)
+                    if old_vectors is not None:
+                        kept_vectors.setdefault(chunk.source, []).append(old_vectors[n])
         chunks: list[Chunk] = []
         tokens_out: list[list[str]] = []
+        vectors: list[np.ndarray] = []
         for source in manifest.files:
-            file_chunks, file_tokens = changed.get(source) or kept.get(source, ([], []))
-            chunks += file_chunks
-            tokens_out += file_tokens
-        write(self.folder, manifest, chunks, tokens_out)
+            entry = changed.get(source) or kept.get(source) or FileChunks([], [])
+            chunks += entry.chunks
+            tokens_out += entry.tokens
+            if manifest.embedding_model and entry.chunks:
+                rows_of = entry.vectors if source in changed else kept_vectors[source]
+                vectors.append(np.asarray(rows_of, dtype=np.float32).reshape(len(entry.chunks), -1))
+        write(self.folder, manifest, chunks, tokens_out, np.concatenate(vectors) if vectors else None)

@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY wrapper ./wrapper
 COPY templates ./templates
 COPY datasets ./datasets
+COPY rag_docs ./rag_docs
 RUN python -m venv /opt/lfwrap && /opt/lfwrap/bin/pip install .
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -10,6 +10,9 @@ r"""Retrieval-augmented generation: index documents, search them, ground chat me
     retriever    Retriever.open(name).search(query, history, top_k, min_score) -> hits
     grounding    ground_messages(messages, hits, max_context_tokens) -> messages, sources
     evaluate     recall@k and MRR on a questions file
+    route        RagRoute (a model route's `rag:` settings) and RouteRetriever.ground(messages), per request
+    dense        optional: vectors from a local embedding model folder
+    fusion       reciprocal rank fusion of BM25 and dense rankings
 
 Choices, measured by bench/bench_rag.py on 100k synthetic mixed Chinese/English chunks (29.8 MB), on
 2 shared cores:
@@ -31,5 +34,15 @@ Nothing here is imported by `lfwrap --help`; rjieba, bm25s, pypdf and html-to-ma
 from wrapper.rag.chunking import Chunk, Hit
 from wrapper.rag.grounding import ground_messages, query_from_messages
 from wrapper.rag.retriever import Retriever
+from wrapper.rag.route import Grounded, RagRoute, RouteRetriever
 
-__all__ = ["Chunk", "Hit", "Retriever", "ground_messages", "query_from_messages"]
+__all__ = [
+    "Chunk",
+    "Grounded",
+    "Hit",
+    "RagRoute",
+    "Retriever",
+    "RouteRetriever",
+    "ground_messages",
+    "query_from_messages",
+]

@@ -71,6 +71,14 @@ def test_chunks_follow_headings_keep_the_budget_and_overlap() -> None:
     assert sum(len(c.text) for c in no_overlap) < sum(len(c.text) for c in chunks)
 
 
+def test_code_blocks_are_not_split_at_comments_or_blank_lines() -> None:
+    code = "```bash\n# install\npip install x\n\n# run\nx --go\n```"
+    text = f"# Setup\n\nRun this:\n\n{code}\n\n## Next\n\nDone."
+    chunks = chunk_parts("s.md", [Part(text)], size=300, overlap=0)
+    assert [c.title for c in chunks] == ["Setup", "Setup › Next"]
+    assert code in chunks[0].text
+
+
 def test_jieba_segments_mixed_text_and_unicode_does_not() -> None:
     jieba, plain = get_tokenizer("jieba"), get_tokenizer("unicode")
     assert {"蟹黄", "价格", "krabby", "patty"} <= set(jieba("蟹黄堡的价格 Krabby Patty"))

@@ -21,6 +21,7 @@ DEFAULT_SIZE = 300
 DEFAULT_OVERLAP = 40
 
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")  # inside a code block, "# comment" is no heading
 # Sentence ends: CJK punctuation anywhere, Latin punctuation only before a space (keeps "2.99" whole).
 _SENTENCE_END = re.compile(r"(?<=[。！？；])|(?<=[.!?;])\s+|\n")
 _CJK_END = re.compile(r"[。！？；，、\u4e00-\u9fff]$")
@@ -46,7 +47,13 @@ def _sections(part: Part) -> Iterator[tuple[str, list[str]]]:
     def title() -> str:
         return " › ".join([t for t in [part.title, *(text for _, text in stack)] if t])
 
+    in_fence = False
     for line in part.text.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        if in_fence or _FENCE.match(line):
+            lines.append(line.rstrip())  # a code block stays one paragraph, blank lines included
+            continue
         match = _HEADING.match(line)
         if match or not line.strip():
             if lines:

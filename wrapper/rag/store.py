@@ -13,6 +13,7 @@ Every problem reading it is raised by `LocalStore.open` as IndexMissingError or 
 from __future__ import annotations
 
 import difflib
+import fcntl
 import json
 import os
 import re
@@ -233,9 +234,12 @@ def write(
             np.save(staging / "dense.npy", vectors)
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        if folder.exists():
-            folder.rename(old)
-        staging.rename(folder)
+        # Two writers of one index swap one after the other (the last one's index stays).
+        with (folder.parent / f".{folder.name}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if folder.exists():
+                folder.rename(old)
+            staging.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -246,6 +250,7 @@ def remove(name: str) -> Path:
     if read_manifest(folder) is None and not folder.exists():
         raise _missing(folder)
     shutil.rmtree(folder)
+    (folder.parent / f".{folder.name}.lock").unlink(missing_ok=True)
     return folder
 
 

@@ -211,3 +211,5 @@ def test_index_errors_are_sentences(tmp_path: Path) -> None:
         build("x", [tmp_path / "a.docx"])
     with pytest.raises(RagError, match="overlap"):
         build("x", [DOCS], chunk_size=50, overlap=50)
+    assert build("small", [DOCS], chunk_size=20).chunks > 19  # the default overlap shrinks to fit (5)
+    assert Retriever.open("small").manifest.overlap == 5

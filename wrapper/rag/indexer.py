@@ -58,7 +58,12 @@ def index_paths(
     except IndexBrokenError:
         old = None  # a damaged index is rebuilt from the documents
     size = chunk_size or (old.chunk_size if old else DEFAULT_SIZE)
-    lap = overlap if overlap is not None else (old.overlap if old else DEFAULT_OVERLAP)
+    if overlap is not None:
+        lap = overlap
+    elif old is not None and old.overlap < size:
+        lap = old.overlap
+    else:  # the default, kept well under a small --chunk-size
+        lap = min(DEFAULT_OVERLAP, size // 4)
     if size < 16 or not 0 <= lap < size:
         raise RagError(
             f"--chunk-size {size} / --overlap {lap}: need a size of at least 16 and 0 <= overlap < size."

@@ -19,13 +19,15 @@ from wrapper.errors import RagError
 BATCH = 64
 
 
+def check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+        raise RagError(f"{folder} is not a local embedding model folder (no config.json or modules.json).")
+
+
 class Embedder:
     def __init__(self, folder: Path):
         self.folder = folder
-        if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
-            raise RagError(
-                f"{folder} is not a local embedding model folder (no config.json or modules.json)."
-            )
+        check_folder(folder)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never a hub download
         try:
             from sentence_transformers import SentenceTransformer

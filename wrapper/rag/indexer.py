@@ -86,11 +86,10 @@ def index_paths(
     tokenize = get_tokenizer(tokenizer)
     report = IndexReport(name, skipped=found.skipped)
     changed: dict[str, FileChunks] = {}
-    embedder = None
     if model:
-        from wrapper.rag.dense import load_embedder
+        from wrapper.rag.dense import check_folder, load_embedder
 
-        embedder = load_embedder(Path(model))  # a bad folder fails before any work
+        check_folder(Path(model))  # a wrong folder fails before any work; loading waits for a changed file
     files: dict[str, FileEntry] = {}
     for file in found.files:
         before = old.files.get(file.source) if old else None
@@ -101,7 +100,7 @@ def index_paths(
         (report.changed if before is not None else report.added).append(file.source)
         chunks = chunk_parts(file.source, load(file), size, lap)
         texts = [c.indexed_text() for c in chunks]
-        vectors = embedder.encode(texts) if embedder is not None and texts else None
+        vectors = load_embedder(Path(model)).encode(texts) if model and texts else None
         changed[file.source] = FileChunks(chunks, [tokenize(t) for t in texts], vectors)
         files[file.source] = FileEntry(
             path=str(file.path), sha256=file.sha256, size=file.size, chunks=len(chunks)

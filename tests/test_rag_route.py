@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from wrapper.errors import IndexMissingError
 from wrapper.home import bundled_rag_docs_dir
 from wrapper.rag.indexer import index_paths
-from wrapper.rag.route import RagRoute, RouteRetriever
+from wrapper.rag.route import Grounded, RagRoute, RouteRetriever, parse_header_value
 from wrapper.rag.store import LocalTarget, rag_dir
 
 
@@ -41,5 +41,16 @@ def test_ground_a_chat_request() -> None:
     assert "[菜单.md#1]" in grounded.messages[0]["content"] and "2.99美元" in grounded.messages[0]["content"]
     assert grounded.sources[0]["id"] == "菜单.md#1" and len(grounded.sources) <= 2
     assert grounded.seconds >= 0
+    header = grounded.header_value()
+    assert header.isascii() and header.count(",") == len(grounded.sources) - 1
+    assert parse_header_value(header) == [s["id"] for s in grounded.sources]
+    header.encode("latin-1")  # what HTTP servers require of header values
     nothing = route.ground([{"role": "user", "content": "zzzz"}])
     assert nothing.messages == [{"role": "user", "content": "zzzz"}] and nothing.sources == []
+
+
+def test_header_value_survives_commas_spaces_and_chinese() -> None:
+    ids = ["菜单.md#1", "a,b.md#0", "my doc.md#2"]
+    header = Grounded([], [{"id": i} for i in ids], 0.0).header_value()
+    assert header == "%E8%8F%9C%E5%8D%95.md#1,a%2Cb.md#0,my%20doc.md#2"
+    assert parse_header_value(header) == ids and parse_header_value("") == []

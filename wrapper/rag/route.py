@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,15 @@ class Grounded:
     messages: list[dict[str, Any]]  # what the upstream receives
     sources: list[dict[str, object]]  # ids, files, titles, scores: never chunk text, safe to log
     seconds: float  # retrieval and grounding time
+
+    def header_value(self) -> str:
+        """The source ids for an HTTP header: percent-encoded UTF-8 (ids such as 菜单.md#1 are not
+        latin-1), comma-separated. `parse_header_value` reverses it."""
+        return ",".join(quote(str(s["id"]), safe="#./-_~:@") for s in self.sources)
+
+
+def parse_header_value(value: str) -> list[str]:
+    return [unquote(part) for part in value.split(",") if part]
 
 
 class RouteRetriever:

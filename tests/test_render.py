@@ -84,6 +84,7 @@ def _tags(node: yaml.Node) -> set[str]:
 
 def _write_user_template(name: str, text: str) -> Path:
     path = home.user_templates_dir() / f"{name}.yaml.j2"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 

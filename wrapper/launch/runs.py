@@ -143,6 +143,8 @@ def require_succeeded(run_dir: Path, action: str) -> RunMeta:
 
 def list_run_dirs() -> list[Path]:
     root = runs_dir()
+    if not root.is_dir():
+        return []
     return sorted((p for p in root.iterdir() if (p / META_FILE).is_file()), key=lambda p: p.name)
 
 

@@ -128,6 +128,7 @@ def add_dataset(
             _refuse_clobbering(name, target, folder, in_place)
         if not in_place:
             _copy_into(source, target, folder)
+        same_copy = previous is not None and previous.file == target.name and previous.copied
         entry = RegistryEntry(
             file=target.name,
             formatting=formatting,  # type: ignore[arg-type]
@@ -137,7 +138,7 @@ def add_dataset(
             description=description,
             rows=report.rows,
             # registered in place: the user's own file, which `data remove` must leave alone
-            copied=not in_place or (previous is not None and previous.file == target.name and previous.copied),
+            copied=not in_place or same_copy,
         )
         dataset_dir = register(name, entry)
         if previous is not None and previous.file != target.name and previous.copied:  # other suffix
@@ -275,7 +276,8 @@ def remove_dataset(name: str, *, keep_file: bool = False) -> Removed:
             file_path = (folder / entry.file).resolve()
             unregister(name)
             # only the copy lfwrap made: never a file registered in place, a symlink's target or a folder
-            ours = entry.copied and file_path.parent == folder.resolve() and not (folder / entry.file).is_symlink()
+            link = (folder / entry.file).is_symlink()
+            ours = entry.copied and file_path.parent == folder.resolve() and not link
             if not keep_file and ours and file_path.is_file():
                 file_path.unlink()
                 deleted = file_path

@@ -14,6 +14,7 @@ from wrapper.errors import LaunchError, UsageError
 from wrapper.launch.distributed import DistributedOptions, distributed_options
 
 if TYPE_CHECKING:
+    from wrapper.launch.plan import RunPlan
     from wrapper.launch.train import RunResult
 
 HELP = """Render a template, validate it, create a run directory and launch LLaMA-Factory.
@@ -93,11 +94,16 @@ def train(
         checkpoint = launcher.prepare_resume(run_dir)
         click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
     else:
-        run_dir = _create(template, sets, model, dataset, backend, image, as_me, name, distributed)
-        if dry_run:
-            _show_plan(run_dir)
-            launcher.discard_run(run_dir)
+        plan = _create(template, sets, model, dataset, backend, image, as_me, name, distributed)
+        _warn_placeholders(plan)
+        if dry_run:  # the plan is printed, nothing is written
+            _show_plan(plan)
             return
+        if plan.meta.backend == "local":  # refuse before the run folder exists
+            from wrapper.launch.local import check_extras, llamafactory_cli
+
+            check_extras(plan.config, plan.meta.env, llamafactory_cli())
+        run_dir = launcher.materialize(plan)
 
     try:
         process = launcher.launch(run_dir)
@@ -125,7 +131,7 @@ def _create(
     as_me: bool,
     name: str | None,
     distributed: DistributedOptions,
-) -> Path:
+) -> RunPlan:
     from wrapper.launch import train as launcher
     from wrapper.render import render_template
 
@@ -162,7 +168,7 @@ def _create(
             docker.image = image
     elif image or as_me:
         raise UsageError(f"{'--image' if image else '--as-me'} only applies to --backend docker.")
-    run_dir = launcher.create_run(
+    return launcher.plan_run(
         rendered.data,
         name=name,
         template=template,
@@ -171,13 +177,11 @@ def _create(
         distributed=distributed,
         docker=docker,
     )
-    _warn_placeholders(run_dir)
-    return run_dir
 
 
-def _warn_placeholders(run_dir: Path) -> None:
-    folder = run_dir / "data" / "identity"
-    if any("{{name}}" in path.read_text(encoding="utf-8") for path in folder.glob("*") if path.is_file()):
+def _warn_placeholders(plan: RunPlan) -> None:
+    sources = [source for source, relative in plan.copies if relative.startswith("data/identity/")]
+    if any("{{name}}" in path.read_text(encoding="utf-8") for path in sources):
         click.echo(
             "Warning: the identity dataset still has its {{name}}/{{author}} placeholders; fill them first "
             "with `lfwrap data identity --name NAME --author AUTHOR`.",
@@ -185,22 +189,26 @@ def _warn_placeholders(run_dir: Path) -> None:
         )
 
 
-def _show_plan(run_dir: Path) -> None:
+def _show_plan(plan: RunPlan) -> None:
     from wrapper.launch import runs
     from wrapper.launch import train as launcher
-    from wrapper.launch.local import check_extras
+    from wrapper.launch.local import check_extras, llamafactory_cli
 
-    meta = runs.read_meta(run_dir)
+    meta = plan.meta
     command: list[str] | None = None
-    click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or kept)")
-    click.echo((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or written)")
+    click.echo(launcher.config_text(plan.config))
+    if plan.copies:
+        click.echo("# data files copied into the run directory")
+        for source, relative in plan.copies:
+            click.echo(f"#   {relative} <- {source}")
     if meta.backend == "docker":
         click.echo("# container spec (Engine API POST /containers/create)")
-        click.echo(json.dumps(launcher.container_spec_for(run_dir), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(launcher.container_spec_of(plan), indent=2, ensure_ascii=False))
         return
     try:
-        command = launcher.launch_command(run_dir)
-        check_extras(launcher.read_config(run_dir), meta.env, command[0])
+        command = [llamafactory_cli(), *meta.command[1:]]
+        check_extras(plan.config, meta.env, command[0])
     except LaunchError as exc:
         command = meta.command if command is None else command
         click.echo(f"# note: {exc}")

@@ -147,7 +147,9 @@ def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) ->
                 f"$LFWRAP_HOME ({home()}), the bundled datasets and the Hugging Face cache may be mounted; "
                 f"move the files under $LFWRAP_HOME."
             )
-        if not source.exists() and mount.target != hf_home_target(options):  # the cache is made at start
+        # the cache is made when the container starts, the run folder when the planned run is created
+        made_later = mount.target in (hf_home_target(options), CONTAINER_RUN_DIR)
+        if not source.exists() and not made_later:
             raise LaunchError(f"Cannot mount {mount.source} into the container: it does not exist.")
         if not mount.target.startswith("/"):
             raise LaunchError(f"Mount target {mount.target!r} must be an absolute path inside the container.")

@@ -1,6 +1,7 @@
 """The training launcher as a library: rendered config → run directory → launch → follow → result.
 
-    run_dir = create_run(config, template="sft_lora", overrides=[...])   # writes the run directory
+    plan = plan_run(config, template="sft_lora", overrides=[...])   # pure: what --dry-run shows
+    run_dir = materialize(plan)                       # the run directory (create_run does both)
     launch(run_dir)                                  # starts the supervisor (own process group)
     meta = follow(run_dir, on_progress=print)        # until succeeded / failed / cancelled
     cancel_run(run_dir)                              # from anywhere, also for detached runs
@@ -10,7 +11,6 @@ The CLI (`lfwrap train`, `lfwrap runs`), a job worker or the gateway call these 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,21 +18,32 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
-from wrapper.launch.local import check_extras, llamafactory_cli, llamafactory_version
+from wrapper.launch.local import check_extras, llamafactory_cli
+from wrapper.launch.plan import (  # noqa: F401  (re-exported: the plan is part of this module's API)
+    DATASET_KEYS,
+    RunPlan,
+    config_text,
+    container_spec_of,
+    docker_setup,
+    materialize,
+    model_mounts,
+    plan_run,
+)
 from wrapper.launch.progress import Progress, TrainerLog
 from wrapper.yamlload import safe_load
 
+if TYPE_CHECKING:
+    from wrapper.launch.distributed import DistributedOptions
+    from wrapper.launch.docker_backend import DockerOptions
+
 POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
-DATASET_KEYS = ("dataset", "eval_dataset")
 
 
 @dataclass
@@ -43,40 +54,6 @@ class RunResult:
     loss_plot: Path | None
 
 
-def copy_datasets(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Copy the data files of the config's datasets into run_dir/data and write run_dir/dataset_info.json
-    listing just those datasets; returns the config with dataset_dir pointing at the run directory."""
-    from wrapper.datasets.info import read_dataset_info
-    from wrapper.datasets.registry import dataset_files, prepare_dataset_dir
-    from wrapper.validate import split_names
-
-    names = [name for key in DATASET_KEYS for name in split_names(config.get(key))]
-    if not names:
-        return config
-    source_dir = Path(str(config.get("dataset_dir") or prepare_dataset_dir())).expanduser()
-    info = read_dataset_info(source_dir / "dataset_info.json")
-    copied: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(names):
-        files = dataset_files(source_dir, [name])  # DatasetError for an unknown name
-        entry = dict(info[name])
-        file_name = entry.get("file_name")
-        if file_name:
-            target = run_dir / "data" / name
-            target.mkdir(parents=True, exist_ok=True)
-            for path in files:
-                if not path.is_file():
-                    raise LaunchError(
-                        f"Dataset '{name}' points at {path}, which does not exist; fix its file_name in "
-                        f"{source_dir / 'dataset_info.json'} or register the file with `lfwrap data add`."
-                    )
-                shutil.copy2(path, target / path.name)
-            single = len(files) == 1 and not (source_dir / str(file_name)).is_dir()
-            entry["file_name"] = f"data/{name}/{files[0].name}" if single else f"data/{name}"
-        copied[name] = entry
-    (run_dir / "dataset_info.json").write_text(json.dumps(copied, indent=2, ensure_ascii=False) + "\n")
-    return {**config, "dataset_dir": str(run_dir)}
-
-
 def create_run(
     config: dict[str, Any],
     *,
@@ -84,99 +61,26 @@ def create_run(
     template: str | None = None,
     overrides: Sequence[str] = (),
     backend: str = "local",
-    distributed: Any = None,
-    docker: Any = None,
+    distributed: DistributedOptions | None = None,
+    docker: DockerOptions | None = None,
 ) -> Path:
-    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued.
-
-    output_dir becomes run_dir/output unless the overrides set it; the datasets are copied in; the
-    distributed options (wrapper.launch.distributed.DistributedOptions) and, for backend "docker", the
-    DockerOptions decide the environment, the command and the paths the config uses.
-    """
-    run_name = runs.check_run_name(name) if name else runs.default_run_name(template or "run")
-    run_dir = runs.run_path(run_name)
-    if run_dir.exists():
-        raise RunError(
-            f"Run {run_name!r} already exists at {run_dir}; pick another --name, or continue it with "
-            f"`lfwrap train --name {run_name} --resume`."
-        )
-    run_dir.mkdir(parents=True)
-    try:
-        return _fill_run(run_dir, config, template, list(overrides), backend, distributed, docker)
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-def _fill_run(
-    run_dir: Path,
-    config: dict[str, Any],
-    template: str | None,
-    overrides: list[str],
-    backend: str,
-    distributed: Any,
-    docker: Any,
-) -> Path:
-    config = copy_datasets(dict(config), run_dir)
-    if not any(item.startswith("output_dir=") for item in overrides):
-        config["output_dir"] = str(run_dir / runs.OUTPUT_DIR)
-    host_output = config.get("output_dir", str(run_dir / runs.OUTPUT_DIR))
-    env: dict[str, str] = {}
-    if distributed is not None:
-        from wrapper.launch.distributed import apply
-
-        config, env = apply(distributed, config, env, run_dir, backend=backend)
-    docker_meta = None
-    if backend == "docker":
-        config, docker_meta = _docker_paths(config, run_dir, docker)
-    meta = runs.RunMeta(
-        name=run_dir.name,
+    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued:
+    plan_run (pure) then materialize (the only step that writes)."""
+    plan = plan_run(
+        config,
+        name=name,
         template=template,
         overrides=overrides,
-        backend="docker" if backend == "docker" else "local",
-        command=["llamafactory-cli", "train", runs.CONFIG_FILE],
-        env=env,
-        image=docker_meta["options"]["image"] if docker_meta else None,
-        llamafactory_version=None if backend == "docker" else llamafactory_version(),
-        output_dir=str(host_output),
-        created=runs.now(),
-        docker=docker_meta,
+        backend=backend,
+        distributed=distributed,
+        docker=docker,
     )
-    write_config(run_dir, config)
-    runs.write_meta(run_dir, meta)
-    return run_dir
-
-
-def _docker_paths(
-    config: dict[str, Any], run_dir: Path, options: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from wrapper.launch.docker_backend import DockerOptions, Mount, container_config, effective_mounts
-
-    options = options or DockerOptions()
-    mounts: list[Mount] = model_mounts(config, run_dir)
-    config = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
-    fields = asdict(options)
-    if fields.get("hf_cache") is not None:
-        fields["hf_cache"] = str(fields["hf_cache"])
-    return config, {"options": fields, "mounts": [[str(m.source), m.target, m.read_only] for m in mounts]}
-
-
-def model_mounts(config: dict[str, Any], folder: Path) -> list[Any]:
-    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME) for the config's local model
-    and adapter folders that lie outside `folder` (which the container sees as /app/run anyway)."""
-    from wrapper.launch.docker_backend import Mount
-
-    mounts = []
-    for key, parent in (("model_name_or_path", "/app/models"), ("adapter_name_or_path", "/app/adapters")):
-        value = str(config.get(key) or "")
-        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
-            mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))
-    return mounts
+    return materialize(plan)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write a LLaMA-Factory config file (keys in their rendered order, Unicode kept)."""
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(config_text(data), encoding="utf-8")
     return path
 
 
@@ -210,19 +114,8 @@ def launch_command(run_dir: Path) -> list[str]:
     return [llamafactory_cli(), *meta.command[1:]]
 
 
-def docker_setup(meta: runs.RunMeta) -> tuple[Any, list[Any]]:
-    """The DockerOptions and extra mounts recorded in a docker run's meta."""
-    from wrapper.launch.docker_backend import DockerOptions, Mount
-
-    spec = meta.docker or {}
-    options = DockerOptions(**spec.get("options", {}))
-    if options.hf_cache is not None:
-        options.hf_cache = Path(options.hf_cache)
-    return options, [Mount(Path(m[0]), m[1], bool(m[2])) for m in spec.get("mounts", [])]
-
-
 def container_spec_for(run_dir: Path) -> dict[str, Any]:
-    """The container spec a docker run will be created with (secrets redacted), for --dry-run."""
+    """The container spec a docker run will be created with (secrets redacted)."""
     from wrapper.launch.docker_backend import container_spec, redact_spec
 
     meta = runs.read_meta(run_dir)

@@ -107,9 +107,13 @@ def train(
 
     try:
         process = launcher.launch(run_dir)
-    except LaunchError:
+    except LaunchError as exc:
         if not resume:  # nothing ran: leave no queued run behind
             launcher.discard_run(run_dir)
+        else:  # back to an ended state, so the next --resume is not refused as queued
+            from wrapper.launch import runs
+
+            runs.update_meta(run_dir, status="failed", ended=runs.now(), error=[str(exc)])
         raise
     if detach:
         click.echo(

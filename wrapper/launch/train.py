@@ -125,8 +125,17 @@ def container_spec_for(run_dir: Path) -> dict[str, Any]:
 
 
 def prepare_resume(run_dir: Path) -> Path:
-    """Point the run's config at its last checkpoint and queue it again."""
-    meta = runs.read_meta(run_dir)
+    """Point the run's config at its last checkpoint and queue it again.
+
+    Refused while the run is active (its lock is held) or queued: of two concurrent --resume, the
+    second finds the run queued by the first, because the check and the change happen under the lock.
+    """
+    with runs.try_run_lock(run_dir, "resume it"):
+        return _prepare_resume(run_dir)
+
+
+def _prepare_resume(run_dir: Path) -> Path:
+    meta = refresh(run_dir)
     if meta.status in ("queued", "running"):
         raise RunError(f"Run {meta.name!r} is {meta.status}; wait, or `lfwrap runs cancel {meta.name}`.")
     checkpoint = runs.last_checkpoint(Path(meta.output_dir))
@@ -143,7 +152,9 @@ def prepare_resume(run_dir: Path) -> Path:
     write_config(run_dir, config)
     runs.write_meta(
         run_dir,
-        meta.updated(status="queued", exit_code=None, ended=None, error=[], pid=None, pgid=None),
+        meta.updated(
+            status="queued", exit_code=None, ended=None, error=[], pid=None, pgid=None, supervisor=None
+        ),
     )
     return checkpoint
 
@@ -161,23 +172,36 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid)
+    # the supervisor records the same itself when it starts; whichever comes first, cancel can verify it
+    identity = runs.process_identity(process.pid)
+    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid, supervisor=identity)
     return process
 
 
+def _lost(meta: runs.RunMeta) -> bool:
+    """An unfinished run whose supervisor (recorded, or started) is not running any more."""
+    started = meta.status == "running" or meta.pid is not None or meta.supervisor is not None
+    return meta.status in ("queued", "running") and started and not runs.supervisor_alive(meta)
+
+
 def refresh(run_dir: Path, check_group: bool = True) -> runs.RunMeta:
-    """The run's meta, marking it failed when its supervisor vanished without recording an end
-    (`check_group`: look for its process group, a scan of /proc)."""
+    """The run's meta, marking it failed ("lost") when its supervisor is gone without recording an end:
+    killed, crashed, or the machine rebooted (`check_group`: look, a read of /proc/PID/stat). The log
+    is kept; nothing is signalled."""
     meta = runs.read_meta(run_dir)
-    if check_group and meta.status == "running" and meta.pgid and not runs.group_alive(meta.pgid):
-        time.sleep(POLL_SECONDS)
+    if check_group and _lost(meta):
+        time.sleep(POLL_SECONDS)  # it may be writing its end right now
         meta = runs.read_meta(run_dir)
-        if meta.status == "running":
+        if _lost(meta):
+            pid = (meta.supervisor or {}).get("pid", meta.pid)
             meta = runs.update_meta(
                 run_dir,
                 status="failed",
                 ended=runs.now(),
-                error=["The run's supervisor ended without recording a result."],
+                error=[
+                    f"{runs.LOST} (pid {pid} ended, or is another process now) without recording a "
+                    f"result; its log is {run_dir / runs.LOG_FILE}."
+                ],
             )
     return meta
 
@@ -229,11 +253,19 @@ def result(run_dir: Path) -> RunResult:
 
 
 def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMeta:
-    """Stop a queued or running run: SIGTERM its process group, SIGKILL after `grace`; status cancelled."""
+    """Stop a queued or running run: SIGTERM its process group, SIGKILL after `grace`; status cancelled.
+
+    The group is signalled only while the recorded supervisor is still that very process (pid, start
+    time, boot id): a stale meta.json's group id may belong to an unrelated process now. A run whose
+    supervisor is gone is marked lost (failed) instead, and nothing is signalled.
+    """
     meta = runs.read_meta(run_dir)
     if meta.status in runs.FINISHED:
         raise RunError(f"Run {meta.name!r} already ended ({meta.status}); nothing to cancel.")
-    if meta.pgid:
+    if _lost(meta):
+        return refresh(run_dir)
+    # the supervisor leads the group (own session): its verified pid is the only group id signalled
+    if meta.pgid and runs.supervisor_alive(meta) and meta.pgid == (meta.supervisor or {}).get("pid"):
         _signal_group(meta.pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while runs.group_alive(meta.pgid) and time.monotonic() < deadline:
@@ -275,7 +307,8 @@ def folder_size(path: Path) -> int:
 def remove_run(run_dir: Path) -> Path | None:
     """Delete a finished run's folder; returns an output_dir outside it that was left in place.
 
-    A queued or running run is refused (cancel it first). Files a container wrote as root cannot be
+    A queued or running run is refused (cancel it first), and so is one whose lock is still held (a
+    LLaMA-Factory left running by a killed supervisor). Files a container wrote as root cannot be
     deleted by another user: the error says so instead of leaving a half-deleted run unexplained.
     """
     meta = refresh(run_dir)
@@ -283,6 +316,11 @@ def remove_run(run_dir: Path) -> Path | None:
         raise RunError(
             f"Run {meta.name!r} is {meta.status}; cancel it first with `lfwrap runs cancel {meta.name}`."
         )
+    with runs.try_run_lock(run_dir, "remove it"):
+        return _remove(run_dir, meta)
+
+
+def _remove(run_dir: Path, meta: runs.RunMeta) -> Path | None:
     output = Path(meta.output_dir)
     outside = None if output.resolve().is_relative_to(run_dir.resolve()) else output
 

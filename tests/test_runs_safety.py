@@ -229,3 +229,43 @@ def test_export_out_refuses_a_non_empty_folder(lfwrap, lfwrap_home: Path, tmp_pa
     check_out_folder(tmp_path / "new")  # missing: fine
     (tmp_path / "empty").mkdir()
     check_out_folder(tmp_path / "empty")  # empty: fine
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_before_launch(lfwrap, lfwrap_home: Path,
+                                                                          tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = lfwrap("train", "-t", "sft_lora", "--name", "nowhere", "--set", f"output_dir={blocker}/out")
+    assert proc.returncode == 1 and "cannot be created" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (lfwrap_home / "runs" / "nowhere").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission bits")
+def test_an_unwritable_output_folder_is_refused_before_launch(lfwrap, lfwrap_home: Path, tmp_path: Path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    proc = lfwrap("train", "-t", "sft_lora", "--name", "ro", "--set", f"output_dir={locked}/out")
+    assert proc.returncode == 1 and "is not writable" in proc.stderr
+
+
+def test_too_little_disk_for_the_checkpoints_is_refused_before_launch(lfwrap, lfwrap_home: Path,
+                                                                      tmp_path: Path):
+    import shutil
+
+    model = tmp_path / "big-model"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    try:  # a sparse file: 8 TiB of apparent size, no blocks used
+        with weights.open("wb") as handle:
+            handle.truncate(8 * 2**40)
+    except OSError:
+        pytest.skip("this file system has no sparse files that large")
+    free = shutil.disk_usage(tmp_path).free
+    if free > 8 * 2**40 * 0.05 * 2:
+        pytest.skip("this disk is large enough for the estimate")
+    args = ["--model", str(model), "--set", "template=default", "--set", f"output_dir={tmp_path}/out"]
+    proc = lfwrap("train", "-t", "sft_lora", "--name", "big", *args)
+    assert proc.returncode == 1 and "Not enough free disk for run big" in proc.stderr, proc.stderr
+    assert "finetuning_type lora" in proc.stderr and not (lfwrap_home / "runs" / "big").exists()
+    proc = lfwrap("train", "-t", "sft_lora", "--name", "small", *args, "--dry-run")
+    assert proc.returncode == 1 and "Not enough free disk" in proc.stderr  # a dry run says so too

@@ -33,6 +33,7 @@ Examples:
   $ lfwrap train --name conch --resume                         # from its last checkpoint
   $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
   $ lfwrap train --template sft_lora --backend docker --as-me   # outputs owned by you, not root
+  $ lfwrap train --template sft_lora --backend docker --shm-size 16g   # own /dev/shm, no --ipc=host
 """
 
 
@@ -60,6 +61,12 @@ Examples:
     is_flag=True,
     help="--backend docker: run the container as your uid:gid, so the files it writes are yours, not root's.",
 )
+@click.option(
+    "--shm-size",
+    metavar="SIZE",
+    help="--backend docker: give the container its own /dev/shm of SIZE (e.g. 16g) instead of sharing the "
+    "host's IPC namespace (--ipc=host, which PyTorch's data loader workers need by default).",
+)
 @click.option("--name", metavar="RUN", help="Run name (default: template and time).")
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
@@ -73,6 +80,7 @@ def train(
     backend: str,
     image: str | None,
     as_me: bool,
+    shm_size: str | None,
     name: str | None,
     dry_run: bool,
     detach: bool,
@@ -94,7 +102,7 @@ def train(
         checkpoint = launcher.prepare_resume(run_dir)
         click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
     else:
-        plan = _create(template, sets, model, dataset, backend, image, as_me, name, distributed)
+        plan = _create(template, sets, model, dataset, backend, image, as_me, name, distributed, shm_size)
         _warn_placeholders(plan)
         if dry_run:  # the plan is printed, nothing is written
             _show_plan(plan)
@@ -135,6 +143,7 @@ def _create(
     as_me: bool,
     name: str | None,
     distributed: DistributedOptions,
+    shm_size: str | None = None,
 ) -> RunPlan:
     from wrapper.launch import train as launcher
     from wrapper.render import render_template
@@ -167,11 +176,13 @@ def _create(
             hf_cache=default_hf_cache(),
             network=distributed.docker_network(),
             user=host_user() if as_me else None,
+            shm_size=shm_size,
         )
         if image:
             docker.image = image
-    elif image or as_me:
-        raise UsageError(f"{'--image' if image else '--as-me'} only applies to --backend docker.")
+    elif image or as_me or shm_size:
+        flag = "--image" if image else "--as-me" if as_me else "--shm-size"
+        raise UsageError(f"{flag} only applies to --backend docker.")
     return launcher.plan_run(
         rendered.data,
         name=name,

@@ -111,6 +111,7 @@ def plan_run(
     command and the paths the config uses (the mount checks run here, so a refusal leaves no trace).
     """
     from wrapper.launch.local import llamafactory_version
+    from wrapper.launch.preflight import check_output
 
     run_name = runs.check_run_name(name) if name else runs.default_run_name(template or "run")
     run_dir = runs.run_path(run_name)
@@ -124,6 +125,8 @@ def plan_run(
     if not any(item.startswith("output_dir=") for item in overrides):
         config["output_dir"] = str(run_dir / runs.OUTPUT_DIR)
     host_output = config.get("output_dir", str(run_dir / runs.OUTPUT_DIR))
+    # an unwritable output folder or too little disk for the checkpoints: say so now, not an hour in
+    check_output(config, host_output, run_name)
     env: dict[str, str] = {}
     files: dict[str, str] = {}
     if distributed is not None:

@@ -150,10 +150,24 @@ def test_concurrent_adds_lose_no_registration(lfwrap_home: Path, tmp_path: Path)
     assert expected <= set(info)
 
 
-@pytest.mark.parametrize("name", ["../../../escaped", "/abs", "a/b", "..", ".hidden", "x,y", "a\\b"])
+@pytest.mark.parametrize(
+    "name",
+    ["../../../escaped", "/abs", "a/b", "..", ".hidden", "x,y", "a\\b", "a..b", " x", "_x", "a\nb", ""],
+)
 def test_entry_names_in_a_hand_written_dataset_info_are_checked(lfwrap_home: Path, name: str):
     folder = _datasets(lfwrap_home)
     (folder / "dataset_info.json").write_text(json.dumps({name: {"file_name": "x.jsonl"}}), encoding="utf-8")
     with pytest.raises(DatasetError) as caught:
         prepare_dataset_dir()
     assert "is not allowed" in str(caught.value.problems[0])
+
+
+def test_upstream_and_non_ascii_entry_names_are_accepted(lfwrap_home: Path):
+    folder = _datasets(lfwrap_home)
+    (folder / "rows.jsonl").write_text(ROW, encoding="utf-8")
+    names = ["belle_0.5m", "alpaca-gpt4_de", "客服问答", "Données_v2"]
+    info = {name: {"file_name": "rows.jsonl"} for name in names}
+    (folder / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    prepare_dataset_dir()
+    written = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+    assert set(names) <= set(written)

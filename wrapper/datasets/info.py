@@ -20,7 +20,8 @@ from wrapper.datasets.jsonpos import key_lines, line_of
 from wrapper.errors import DatasetError, Problem
 
 # An entry name is a `dataset:` list item and the run's copy is data/<name>/: a plain file name, no '..'.
-ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Letters and digits of any script (a name such as 客服问答 is fine), '_', '-' and '.'.
+ENTRY_NAME = re.compile(r"^[^\W_][\w.-]{0,127}$")
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
@@ -141,7 +142,7 @@ def check_entries(data: Any, *, text: str | None = None, file: str = "dataset_in
         if not ENTRY_NAME.match(name) or ".." in name:
             message = (
                 f"dataset name {json.dumps(name, ensure_ascii=False)} is not allowed; use letters, digits, "
-                "'_', '-' or '.' (at most 128, starting with a letter or digit, no '..'), e.g. my_qa"
+                "'_', '-' or '.' (at most 128, starting with a letter or digit, no '..' or '/'), e.g. my_qa"
             )
             problems.append(Problem(message, file, line_of(lines, name)))
             continue

@@ -127,8 +127,15 @@ def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path
     # the stand-in still runs (it inherited the run lock): the run cannot be resumed or removed yet
     with pytest.raises(RunError, match="is active"):
         launcher.remove_run(run_dir)
-    os.killpg(supervisor.pid, signal.SIGKILL)
-    _wait_for(lambda: not runs.group_alive(supervisor.pid), "the stand-in to end")
+    # runs cancel stops what is left of the run (its lock proves it is ours), and only that
+    bystander = _bystander()
+    try:
+        meta = launcher.cancel_run(run_dir, grace=5)
+        assert meta.error[-1] == "`lfwrap runs cancel` stopped 2 leftover process(es)."  # bash and sleep
+        assert not runs.group_alive(supervisor.pid) and bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
     assert launcher.remove_run(run_dir) is None and not run_dir.exists()
 
 

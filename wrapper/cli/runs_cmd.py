@@ -128,6 +128,10 @@ def logs(run: str, follow: bool) -> None:
     help="""Cancel a queued or running run, detached ones included: its whole
 process group (or container) is stopped and its status becomes cancelled.
 
+Nothing is signalled unless the run's recorded supervisor (pid, start time, boot id) is still
+that process: a run whose supervisor is gone is shown as failed (lost) instead. Processes such a
+run left behind (LLaMA-Factory still holding the run's lock) are stopped.
+
 \b
 Examples:
   $ lfwrap runs cancel conch

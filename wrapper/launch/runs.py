@@ -234,14 +234,14 @@ def try_run_lock(run_dir: Path, what: str) -> RunLock:
     return lock
 
 
-def _boot_id() -> str | None:
+def boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return None
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -255,10 +255,10 @@ def _start_time(pid: int) -> int | None:
 
 def process_identity(pid: int) -> dict[str, Any] | None:
     """What tells process `pid` apart from a later one with the same pid; None when it is not running."""
-    start = _start_time(pid)
+    start = start_time(pid)
     if start is None:
         return None
-    return {"pid": pid, "start_time": start, "boot_id": _boot_id()}
+    return {"pid": pid, "start_time": start, "boot_id": boot_id()}
 
 
 def supervisor_alive(meta: RunMeta) -> bool:

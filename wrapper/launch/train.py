@@ -260,10 +260,17 @@ def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMe
     supervisor is gone is marked lost (failed) instead, and nothing is signalled.
     """
     meta = runs.read_meta(run_dir)
-    if meta.status in runs.FINISHED:
+    was_lost = _lost(meta)
+    if meta.status in runs.FINISHED or was_lost:
+        meta = refresh(run_dir)  # a lost run becomes failed ("lost") here
+        leftovers = _leftovers(run_dir, meta)
+        if leftovers:  # LLaMA-Factory outliving a killed supervisor, still holding the run's lock
+            _stop_pids(leftovers, grace)
+            note = f"`lfwrap runs cancel` stopped {len(leftovers)} leftover process(es)."
+            return runs.update_meta(run_dir, error=[*meta.error, note])
+        if was_lost:
+            return meta
         raise RunError(f"Run {meta.name!r} already ended ({meta.status}); nothing to cancel.")
-    if _lost(meta):
-        return refresh(run_dir)
     # the supervisor leads the group (own session): its verified pid is the only group id signalled
     if meta.pgid and runs.supervisor_alive(meta) and meta.pgid == (meta.supervisor or {}).get("pid"):
         _signal_group(meta.pgid, signal.SIGTERM)
@@ -278,6 +285,38 @@ def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMe
     if meta.status not in runs.FINISHED:
         meta = runs.update_meta(run_dir, status="cancelled", ended=runs.now())
     return meta
+
+
+def _leftovers(run_dir: Path, meta: runs.RunMeta) -> list[int]:
+    """Processes of an ended run that still run: only while the run's lock is held (so something of the
+    run lives), on the supervisor's boot, in its process group, started after it."""
+    lock = runs.RunLock(run_dir)
+    if lock.acquire():
+        lock.release()
+        return []
+    recorded = meta.supervisor or {}
+    if not recorded or recorded.get("boot_id") != runs.boot_id() or meta.pgid is None:
+        return []
+    if meta.pgid != recorded.get("pid"):
+        return []
+    found = []
+    for pid in runs.group_members(meta.pgid):
+        started = runs.start_time(pid)
+        if started is not None and started >= recorded["start_time"]:
+            found.append(pid)
+    return found
+
+
+def _stop_pids(pids: list[int], grace: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(runs.start_time(pid) is not None for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -539,3 +539,47 @@ def test_standin_serve_backend_docker_reports_an_early_exit(engine, lfwrap, lfwr
     with pytest.raises(LaunchError, match=r"exited before answering \(ValueError: bad adapter\)"):
         serve_run("srv", backend="docker", port=_free_port(), timeout=60)
     assert engine.containers == {}
+
+
+@pytest.mark.parametrize("cache", ["/", "~", "..", "LFWRAP_HOME", "LFWRAP_HOME/..", "/etc", "/usr/"])
+def test_a_cache_that_is_root_home_or_holds_lfwrap_home_is_refused(engine, layout, lfwrap_home: Path,
+                                                                   cache: str):
+    engine.images.add(DEFAULT_IMAGE)
+    path = Path(cache.replace("LFWRAP_HOME", str(lfwrap_home))).expanduser()
+    if cache == "..":
+        path = Path.home() / ".."  # a folder holding the home folder
+    with pytest.raises(LaunchError, match="Refusing to mount the Hugging Face cache"):
+        _start(layout, DockerOptions(hf_cache=path))
+    assert ("POST", "/containers/create") not in engine.calls()
+
+
+def test_hf_home_root_is_refused_before_a_run_exists(lfwrap, lfwrap_home: Path):
+    for dry in (["--dry-run"], []):
+        proc = lfwrap("train", "-t", "sft_lora", "--backend", "docker", "--name", "rooted", *dry,
+                      env={"HF_HOME": "/"})
+        assert proc.returncode == 1, proc.stderr
+        assert "Refusing to mount the Hugging Face cache /" in proc.stderr
+        assert not (lfwrap_home / "runs" / "rooted").exists()
+
+
+def test_shm_size_replaces_the_host_ipc_namespace(engine, layout):
+    engine.images.add(DEFAULT_IMAGE)
+    _start(layout, DockerOptions(hf_cache=layout["hf_cache"])).run(lambda chunk: None)
+    (layout["run_dir"].parent / "sft-2").mkdir()
+    layout["run_dir"] = layout["run_dir"].parent / "sft-2"
+    _start(layout, DockerOptions(hf_cache=layout["hf_cache"], shm_size="16g")).run(lambda chunk: None)
+    default, private = engine.bodies("POST", "/containers/create")
+    assert default["HostConfig"]["IpcMode"] == "host" and "ShmSize" not in default["HostConfig"]
+    assert private["HostConfig"]["IpcMode"] == "private"
+    assert private["HostConfig"]["ShmSize"] == 16 * 1024**3
+    with pytest.raises(LaunchError, match="is not a size"):
+        _start(layout, DockerOptions(shm_size="lots"))
+
+
+def test_train_shm_size_reaches_the_dry_run_spec(lfwrap):
+    proc = lfwrap("train", "-t", "sft_lora", "--backend", "docker", "--shm-size", "2g", "--dry-run",
+                  check=True)
+    spec = json.loads(proc.stdout.split("# container spec (Engine API POST /containers/create)")[1])
+    assert spec["HostConfig"]["IpcMode"] == "private" and spec["HostConfig"]["ShmSize"] == 2 * 1024**3
+    proc = lfwrap("train", "-t", "sft_lora", "--shm-size", "2g", "--dry-run")
+    assert proc.returncode == 1 and "--shm-size only applies to --backend docker" in proc.stderr

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from wrapper import home
+from wrapper.datasets.registry import dataset_info_for
 from wrapper.errors import ConfigError, UsageError
 from wrapper.render import (
     deepspeed_presets,
@@ -84,6 +85,7 @@ def _tags(node: yaml.Node) -> set[str]:
 
 def _write_user_template(name: str, text: str) -> Path:
     path = home.user_templates_dir() / f"{name}.yaml.j2"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -153,8 +155,9 @@ def test_defaults_point_at_the_bundled_identity_dataset() -> None:
     assert data["dataset"] == "identity"
     assert data["model_name_or_path"] == "Qwen/Qwen2.5-0.5B-Instruct" and data["template"] == "qwen"
     assert data["output_dir"].startswith("saves/")
-    info = json.loads((Path(data["dataset_dir"]) / "dataset_info.json").read_text(encoding="utf-8"))
-    assert "identity" in info
+    # rendering writes nothing: the entries are what a run will write there
+    assert not (Path(data["dataset_dir"]) / "dataset_info.json").exists()
+    assert "identity" in (dataset_info_for(Path(data["dataset_dir"])) or {})
     assert Path(data["dataset_dir"]) == home.user_datasets_dir()
 
 
@@ -183,15 +186,15 @@ def test_infer_adapter_is_optional() -> None:
         render_template("infer", ["infer_backend=tensorrt"])
 
 
-def test_sft_full_points_deepspeed_at_a_rendered_preset() -> None:
+def test_sft_full_inlines_the_rendered_deepspeed_preset(lfwrap_home: Path) -> None:
     data = render_template("sft_full").data
-    path = Path(data["deepspeed"])
-    assert path.is_file() and path.name == "ds_z3.json"
-    assert json.loads(path.read_text(encoding="utf-8"))["zero_optimization"]["stage"] == 3
+    assert data["deepspeed"] == render_deepspeed("z3")
+    assert data["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert not lfwrap_home.exists() or not any(lfwrap_home.iterdir())  # no file written
     # ds_preset is a template variable that is no LLaMA-Factory key: --set still works for it
     data = render_template("sft_full", ["ds_preset=z2"]).data
     assert "ds_preset" not in data
-    assert json.loads(Path(data["deepspeed"]).read_text(encoding="utf-8"))["zero_optimization"]["stage"] == 2
+    assert data["deepspeed"]["zero_optimization"]["stage"] == 2
     assert render_template("sft_full", ["ds_preset=null"]).data["deepspeed"] is None  # DeepSpeed off
     with pytest.raises(UsageError, match=r"DeepSpeed preset `z3_ofload` \(did you mean `z3_offload`\?\)"):
         render_template("sft_full", ["ds_preset=z3_ofload"])

@@ -48,23 +48,22 @@ DEMO_TRAIN_SETS = (
 def prepare_identity_demo(name: str = NAME, author: str = AUTHOR) -> str:
     """Fill the identity set (registered as `identity`) and register its 2-row subset; its dataset name."""
     from wrapper.datasets.identity import write_identity
-    from wrapper.datasets.registry import RegistryEntry, register, write_atomic
+    from wrapper.datasets.registry import RegistryEntry, register, registry_lock, write_owned
     from wrapper.home import user_datasets_dir
 
     full = write_identity(name, author)
     filled = json.loads(full.read_text(encoding="utf-8"))
     rows = [row for row in filled if row.get("instruction") in DEMO_ROWS]
     path = user_datasets_dir() / f"{DEMO_DATASET}.json"
-    write_atomic(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-    register(
-        DEMO_DATASET,
-        RegistryEntry(
-            file=path.name,
-            formatting="alpaca",
-            rows=len(rows),
-            description=f"The {len(rows)} identity rows the demo trains on ({', '.join(DEMO_ROWS)}).",
-        ),
+    entry = RegistryEntry(
+        file=path.name,
+        formatting="alpaca",
+        rows=len(rows),
+        description=f"The {len(rows)} identity rows the demo trains on ({', '.join(DEMO_ROWS)}).",
     )
+    with registry_lock():
+        write_owned(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        register(DEMO_DATASET, entry)
     return DEMO_DATASET
 
 

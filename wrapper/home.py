@@ -3,6 +3,9 @@
 All state lfwrap writes lives under one home folder: $LFWRAP_HOME, default ~/.lfwrap.
 The bundled templates and datasets are read-only defaults; files of the same name under the home
 folder extend or override them.
+
+These functions only name paths; nothing here creates a folder, so planning (render, validate,
+--dry-run) leaves a fresh home untouched. Whoever writes creates the folder it writes into.
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def home() -> Path:
-    """The home folder (created on first use)."""
-    root = Path(os.environ.get("LFWRAP_HOME") or Path.home() / ".lfwrap").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    """The home folder (not created here)."""
+    return Path(os.environ.get("LFWRAP_HOME") or Path.home() / ".lfwrap").expanduser().resolve()
 
 
 def _bundled(name: str) -> Path:
@@ -40,9 +41,7 @@ def bundled_rag_docs_dir() -> Path:
 
 
 def _sub(name: str) -> Path:
-    path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return home() / name
 
 
 def user_templates_dir() -> Path:

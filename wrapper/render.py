@@ -424,11 +424,11 @@ def render_template(
 
 
 def _fill_computed(values: dict[str, Any]) -> None:
-    """Defaults that depend on the machine: lfwrap's dataset folder, the DeepSpeed preset file."""
+    """Defaults that depend on the machine: lfwrap's dataset folder, the DeepSpeed preset. Writes nothing:
+    the dataset folder's dataset_info.json is read in memory by validation and written with a run, and
+    the preset goes into the config inline (LLaMA-Factory's `deepspeed` takes a JSON path or a mapping;
+    a run writes it to its own ds_config.json)."""
     if "dataset_dir" in values and values["dataset_dir"] in (None, ""):
-        from wrapper.datasets.registry import prepare_dataset_dir
-
-        values["dataset_dir"] = str(prepare_dataset_dir())
+        values["dataset_dir"] = str(home.user_datasets_dir())
     if "deepspeed" in values and values["deepspeed"] in (None, "") and values.get("ds_preset"):
-        preset = str(values["ds_preset"])
-        values["deepspeed"] = str(write_deepspeed(preset, home.home() / "deepspeed"))
+        values["deepspeed"] = render_deepspeed(str(values["ds_preset"]))

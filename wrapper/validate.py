@@ -310,14 +310,18 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
     raw_dir = data.get("dataset_dir", DEFAULT_DATASET_DIR)
     if not used or not isinstance(raw_dir, str) or raw_dir == ONLINE:
         return []
-    from wrapper.datasets.info import read_dataset_info  # pydantic: only when datasets are named
+    from wrapper.datasets.registry import dataset_info_for  # pydantic: only when datasets are named
 
     dataset_dir = Path(raw_dir).expanduser()
     if not dataset_dir.is_absolute() and base_dir is not None:
         dataset_dir = base_dir / dataset_dir
     where = "dataset_dir" if "dataset_dir" in data else "dataset"
     info_path = dataset_dir / "dataset_info.json"
-    if not info_path.is_file():
+    try:  # lfwrap's own folder: the entries a run would write there, read in memory (planning is pure)
+        info = dataset_info_for(dataset_dir)
+    except DatasetError as exc:
+        return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
+    if info is None:
         return [
             at.error(
                 f"no dataset_info.json in dataset_dir {dataset_dir}; point `dataset_dir` at the folder "
@@ -325,10 +329,6 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
                 where,
             )
         ]
-    try:
-        info = read_dataset_info(info_path)
-    except DatasetError as exc:
-        return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
     problems = []
     stage = data.get("stage") if config_kind(data) == "train" else None
     for key, name in used:

@@ -252,12 +252,19 @@ def start_docker(
     """Start LLaMA Board in a container with the portable data folder, saves and the HF cache mounted."""
     import docker.errors
 
-    from wrapper.launch.docker_backend import DockerOptions, connect, default_hf_cache, ensure_image
+    from wrapper.launch.docker_backend import (
+        DockerOptions,
+        check_cache,
+        connect,
+        default_hf_cache,
+        ensure_image,
+    )
 
     check_port_free(host, port)
     data_dir = lfhome.home() / "webui" / "docker-data"
     export_data_dir(data_dir)
     hf_cache = default_hf_cache()
+    check_cache(hf_cache)
     hf_cache.mkdir(parents=True, exist_ok=True)
     spec = docker_spec(
         image=image,

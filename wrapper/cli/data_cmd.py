@@ -124,6 +124,8 @@ def check(
 NAME is letters, digits, '_', '-' or '.'; the file is copied to NAME.json / NAME.jsonl inside the
 datasets folder and dataset_info.json is rewritten atomically, keeping every other entry. A
 user dataset with the name of a bundled one replaces it. Nothing is registered when a row is bad.
+NAME cannot be dataset_info or registry (lfwrap's own files). A file there that lfwrap did not
+write, or an entry added to dataset_info.json by hand, is never replaced unless --force is given.
 """,
     epilog="""\b
 Examples:
@@ -131,6 +133,7 @@ Examples:
   $ lfwrap data add my_qa qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data add chats chats.json --formatting sharegpt
   $ lfwrap data add prefs prefs.jsonl --ranking
+  $ lfwrap data add hand hand.jsonl --force     # replace a hand-added entry or file of that name
 """,
 )
 @click.argument("name")
@@ -139,6 +142,7 @@ Examples:
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
 @columns_and_tags
 @click.option("--description", default="", help="One line shown by `lfwrap data list`.")
+@click.option("--force", is_flag=True, help="Replace a file or hand-added entry lfwrap did not write.")
 def add(
     name: str,
     file: Path,
@@ -147,6 +151,7 @@ def add(
     columns: tuple[str, ...],
     tags: tuple[str, ...],
     description: str,
+    force: bool,
 ) -> None:
     from wrapper.datasets.add import add_dataset, parse_pairs
     from wrapper.datasets.info import COLUMN_NAMES, TAG_NAMES
@@ -159,6 +164,7 @@ def add(
         columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
         tags=parse_pairs(tags, TAG_NAMES, "--tags"),
         description=description,
+        force=force,
     )
     click.echo(f"Registered '{added.name}': {added.report.rows} rows, copied to {added.path}")
     click.echo(f"dataset_dir: {added.dataset_dir}  (use it with: --set dataset={added.name})")
@@ -199,6 +205,8 @@ def list_() -> None:
 
 @data.command(
     help="""Unregister dataset NAME and delete the copy `lfwrap data add` made of its file.
+
+Only a file lfwrap copied in is deleted: a file registered in place, or one added by hand, stays.
 
 Run directories keep their own copies of the data, so earlier runs are untouched. Removing a user
 dataset that replaced a bundled one (e.g. a filled `identity`) brings the bundled one back. An entry

@@ -14,6 +14,7 @@ HELP = """Merge a finished run's LoRA adapter into its base model (the merge_lor
 Examples:
   $ lfwrap export conch                              # -> $LFWRAP_HOME/runs/conch/merged
   $ lfwrap export conch --out ./conch-merged
+  $ lfwrap export conch --out ./conch-merged --force  # replace what an earlier export wrote there
   $ lfwrap export conch --set export_size=2 --backend docker
   $ lfwrap serve --model ./conch-merged --template default
 """
@@ -24,13 +25,14 @@ Examples:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="merge_lora variable or key.")
 @click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True)
-def export(run: str, out: Path | None, sets: tuple[str, ...], backend: str) -> None:
+@click.option("--force", is_flag=True, help="Write into an --out folder that is not empty.")
+def export(run: str, out: Path | None, sets: tuple[str, ...], backend: str, force: bool) -> None:
     from wrapper.launch.export import export_run
     from wrapper.launch.runs import find_run
 
     find_run(run)  # an unknown name fails here, before the progress line
 
     click.echo(f"Merging the adapter of run {run} ...", err=True)
-    target = export_run(run, out, sets=sets, backend=backend)
+    target = export_run(run, out, sets=sets, backend=backend, force=force)
     click.echo(f"Merged model written to {target}")
     click.echo(f"  $ lfwrap serve --model {target}")

@@ -52,7 +52,9 @@ def runs(ctx: click.Context) -> None:
         progress = read_progress(Path(meta.output_dir) / store.TRAINER_LOG)
         steps = f"{progress.step}/{progress.total}" if progress.total else "-"
         loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
-        table.add_row(meta.name, meta.template or "-", meta.status, steps, loss, _age(meta.created))
+        lost = meta.status == "failed" and meta.error[:1] != [] and meta.error[0].startswith(store.LOST)
+        status = f"{meta.status} (lost)" if lost else meta.status
+        table.add_row(meta.name, meta.template or "-", status, steps, loss, _age(meta.created))
     if not dirs:
         click.echo("No runs yet; start one with `lfwrap train --template sft_lora`.")
         return
@@ -125,6 +127,10 @@ def logs(run: str, follow: bool) -> None:
     "cancel",
     help="""Cancel a queued or running run, detached ones included: its whole
 process group (or container) is stopped and its status becomes cancelled.
+
+Nothing is signalled unless the run's recorded supervisor (pid, start time, boot id) is still
+that process: a run whose supervisor is gone is shown as failed (lost) instead. Processes such a
+run left behind (LLaMA-Factory still holding the run's lock) are stopped.
 
 \b
 Examples:

@@ -14,6 +14,7 @@ from wrapper.errors import LaunchError, UsageError
 from wrapper.launch.distributed import DistributedOptions, distributed_options
 
 if TYPE_CHECKING:
+    from wrapper.launch.plan import RunPlan
     from wrapper.launch.train import RunResult
 
 HELP = """Render a template, validate it, create a run directory and launch LLaMA-Factory.
@@ -32,6 +33,7 @@ Examples:
   $ lfwrap train --name conch --resume                         # from its last checkpoint
   $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
   $ lfwrap train --template sft_lora --backend docker --as-me   # outputs owned by you, not root
+  $ lfwrap train --template sft_lora --backend docker --shm-size 16g   # own /dev/shm, no --ipc=host
 """
 
 
@@ -59,6 +61,12 @@ Examples:
     is_flag=True,
     help="--backend docker: run the container as your uid:gid, so the files it writes are yours, not root's.",
 )
+@click.option(
+    "--shm-size",
+    metavar="SIZE",
+    help="--backend docker: give the container its own /dev/shm of SIZE (e.g. 16g) instead of sharing the "
+    "host's IPC namespace (--ipc=host, which PyTorch's data loader workers need by default).",
+)
 @click.option("--name", metavar="RUN", help="Run name (default: template and time).")
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
@@ -72,6 +80,7 @@ def train(
     backend: str,
     image: str | None,
     as_me: bool,
+    shm_size: str | None,
     name: str | None,
     dry_run: bool,
     detach: bool,
@@ -93,17 +102,26 @@ def train(
         checkpoint = launcher.prepare_resume(run_dir)
         click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
     else:
-        run_dir = _create(template, sets, model, dataset, backend, image, as_me, name, distributed)
-        if dry_run:
-            _show_plan(run_dir)
-            launcher.discard_run(run_dir)
+        plan = _create(template, sets, model, dataset, backend, image, as_me, name, distributed, shm_size)
+        _warn_placeholders(plan)
+        if dry_run:  # the plan is printed, nothing is written
+            _show_plan(plan)
             return
+        if plan.meta.backend == "local":  # refuse before the run folder exists
+            from wrapper.launch.local import check_extras, llamafactory_cli
+
+            check_extras(plan.config, plan.meta.env, llamafactory_cli())
+        run_dir = launcher.materialize(plan)
 
     try:
         process = launcher.launch(run_dir)
-    except LaunchError:
+    except LaunchError as exc:
         if not resume:  # nothing ran: leave no queued run behind
             launcher.discard_run(run_dir)
+        else:  # back to an ended state, so the next --resume is not refused as queued
+            from wrapper.launch import runs
+
+            runs.update_meta(run_dir, status="failed", ended=runs.now(), error=[str(exc)])
         raise
     if detach:
         click.echo(
@@ -125,7 +143,8 @@ def _create(
     as_me: bool,
     name: str | None,
     distributed: DistributedOptions,
-) -> Path:
+    shm_size: str | None = None,
+) -> RunPlan:
     from wrapper.launch import train as launcher
     from wrapper.render import render_template
 
@@ -157,12 +176,14 @@ def _create(
             hf_cache=default_hf_cache(),
             network=distributed.docker_network(),
             user=host_user() if as_me else None,
+            shm_size=shm_size,
         )
         if image:
             docker.image = image
-    elif image or as_me:
-        raise UsageError(f"{'--image' if image else '--as-me'} only applies to --backend docker.")
-    run_dir = launcher.create_run(
+    elif image or as_me or shm_size:
+        flag = "--image" if image else "--as-me" if as_me else "--shm-size"
+        raise UsageError(f"{flag} only applies to --backend docker.")
+    return launcher.plan_run(
         rendered.data,
         name=name,
         template=template,
@@ -171,13 +192,11 @@ def _create(
         distributed=distributed,
         docker=docker,
     )
-    _warn_placeholders(run_dir)
-    return run_dir
 
 
-def _warn_placeholders(run_dir: Path) -> None:
-    folder = run_dir / "data" / "identity"
-    if any("{{name}}" in path.read_text(encoding="utf-8") for path in folder.glob("*") if path.is_file()):
+def _warn_placeholders(plan: RunPlan) -> None:
+    sources = [source for source, relative in plan.copies if relative.startswith("data/identity/")]
+    if any("{{name}}" in path.read_text(encoding="utf-8") for path in sources):
         click.echo(
             "Warning: the identity dataset still has its {{name}}/{{author}} placeholders; fill them first "
             "with `lfwrap data identity --name NAME --author AUTHOR`.",
@@ -185,22 +204,26 @@ def _warn_placeholders(run_dir: Path) -> None:
         )
 
 
-def _show_plan(run_dir: Path) -> None:
+def _show_plan(plan: RunPlan) -> None:
     from wrapper.launch import runs
     from wrapper.launch import train as launcher
-    from wrapper.launch.local import check_extras
+    from wrapper.launch.local import check_extras, llamafactory_cli
 
-    meta = runs.read_meta(run_dir)
+    meta = plan.meta
     command: list[str] | None = None
-    click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or kept)")
-    click.echo((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or written)")
+    click.echo(launcher.config_text(plan.config))
+    if plan.copies:
+        click.echo("# data files copied into the run directory")
+        for source, relative in plan.copies:
+            click.echo(f"#   {relative} <- {source}")
     if meta.backend == "docker":
         click.echo("# container spec (Engine API POST /containers/create)")
-        click.echo(json.dumps(launcher.container_spec_for(run_dir), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(launcher.container_spec_of(plan), indent=2, ensure_ascii=False))
         return
     try:
-        command = launcher.launch_command(run_dir)
-        check_extras(launcher.read_config(run_dir), meta.env, command[0])
+        command = [llamafactory_cli(), *meta.command[1:]]
+        check_extras(plan.config, meta.env, command[0])
     except LaunchError as exc:
         command = meta.command if command is None else command
         click.echo(f"# note: {exc}")

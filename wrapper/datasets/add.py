@@ -19,9 +19,11 @@ from wrapper.datasets.registry import (
     RegistryEntry,
     bundled_registry,
     check_name,
+    hand_added_entries,
     merged_entries,
     prepare_dataset_dir,
     register,
+    registry_lock,
     unregister,
     user_registry,
 )
@@ -85,10 +87,12 @@ def add_dataset(
     tags: dict[str, str] | None = None,
     description: str = "",
     max_errors: int = 20,
+    force: bool = False,
 ) -> Added:
     """Check a data file, copy it into $LFWRAP_HOME/datasets and register it under `name`.
 
     Raises DatasetError (with the report's problems) when any row is bad; nothing is copied then.
+    Without `force`, a file lfwrap did not write, or an entry added by hand, is never replaced.
     """
     check_name(name)
     columns, tags = dict(columns or {}), dict(tags or {})
@@ -113,35 +117,73 @@ def add_dataset(
         )
     if report.rows == 0:
         raise DatasetError(f"{source} has no rows; add at least one row before registering it.")
-    if source.resolve() != target:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     written_columns = effective_columns(formatting, ranking, columns, report.keys)
     written_tags = tags
     if formatting == "openai":
         written_tags = {**defaults("openai")[1], **tags}
-    entry = RegistryEntry(
-        file=target.name,
-        formatting=formatting,  # type: ignore[arg-type]
-        ranking=ranking,
-        columns=Columns(**written_columns) if written_columns else None,
-        tags=Tags(**written_tags) if written_tags else None,
-        description=description,
-        rows=report.rows,
-    )
-    previous = user_registry().get(name)
-    dataset_dir = register(name, entry)
-    if previous is not None and previous.file != target.name:  # re-added with another suffix
-        stale = (folder / previous.file).resolve()
-        if stale.parent == folder:
-            stale.unlink(missing_ok=True)
+    with registry_lock():  # the checks, the copy and the registration as one step
+        previous = user_registry().get(name)
+        in_place = source.resolve() == target
+        if not force:
+            _refuse_clobbering(name, target, folder, in_place)
+        if not in_place:
+            _copy_into(source, target, folder)
+        same_copy = previous is not None and previous.file == target.name and previous.copied
+        entry = RegistryEntry(
+            file=target.name,
+            formatting=formatting,  # type: ignore[arg-type]
+            ranking=ranking,
+            columns=Columns(**written_columns) if written_columns else None,
+            tags=Tags(**written_tags) if written_tags else None,
+            description=description,
+            rows=report.rows,
+            # registered in place: the user's own file, which `data remove` must leave alone
+            copied=not in_place or same_copy,
+        )
+        dataset_dir = register(name, entry)
+        if previous is not None and previous.file != target.name and previous.copied:  # other suffix
+            stale = (folder / previous.file).resolve()
+            if stale.parent == folder:
+                stale.unlink(missing_ok=True)
     return Added(name=name, path=target, report=report, dataset_dir=dataset_dir)
+
+
+def _refuse_clobbering(name: str, target: Path, folder: Path, in_place: bool) -> None:
+    """DatasetError when adding `name` would replace something lfwrap did not write."""
+    info = folder / INFO_FILE
+    hand = hand_added_entries()
+    if name in hand:
+        raise DatasetError(
+            f"'{name}' is an entry added by hand to {info}; choose another name, or pass --force to "
+            "replace it."
+        )
+    ours = {(folder / entry.file).resolve() for entry in user_registry().values() if entry.copied}
+    if not in_place and target.exists() and target not in ours:
+        raise DatasetError(
+            f"{target} already exists and was not written by lfwrap; choose another name, or pass --force "
+            "to overwrite it."
+        )
+    for other, entry in hand.items():
+        file_name = entry.get("file_name")
+        if file_name and (folder / str(file_name)).resolve() == target:
+            raise DatasetError(
+                f"{target} is the file of the hand-added dataset '{other}' in {info}; choose another name, "
+                "or pass --force to overwrite it."
+            )
+
+
+def _copy_into(source: Path, target: Path, folder: Path) -> None:
+    """Copy source to target atomically; target must be a file directly inside folder."""
+    if target.parent != folder or target.is_symlink() or target.is_dir():
+        raise DatasetError(f"Refusing to write {target}: it is not a plain file inside {folder}.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -228,16 +270,21 @@ def remove_dataset(name: str, *, keep_file: bool = False) -> Removed:
             f"No dataset '{name}' to remove{did_you_mean(name, known)}; see `lfwrap data list`."
         )
     deleted = kept = None
-    if name in user:
-        file_path = (folder / user[name].file).resolve()
-        unregister(name)
-        if not keep_file and file_path.parent == folder.resolve() and file_path.is_file():
-            file_path.unlink()
-            deleted = file_path
-        elif file_path.is_file():
-            kept = file_path
-    else:
-        file_name = in_info[name].get("file_name")
-        kept = (folder / file_name) if file_name else None
-    prepare_dataset_dir(drop=name)  # else its line in dataset_info.json would be kept as hand-added
+    with registry_lock():
+        if name in user:
+            entry = user_registry()[name]
+            file_path = (folder / entry.file).resolve()
+            unregister(name)
+            # only the copy lfwrap made: never a file registered in place, a symlink's target or a folder
+            link = (folder / entry.file).is_symlink()
+            ours = entry.copied and file_path.parent == folder.resolve() and not link
+            if not keep_file and ours and file_path.is_file():
+                file_path.unlink()
+                deleted = file_path
+            elif file_path.is_file():
+                kept = file_path
+        else:
+            file_name = in_info[name].get("file_name")
+            kept = (folder / file_name) if file_name else None
+        prepare_dataset_dir(drop=name)  # else its line in dataset_info.json would be kept as hand-added
     return Removed(name=name, deleted=deleted, kept=kept, bundled_back=name in bundled)

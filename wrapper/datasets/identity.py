@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapper import home
-from wrapper.datasets.registry import RegistryEntry, register, write_atomic
+from wrapper.datasets.registry import RegistryEntry, register, registry_lock, write_owned
 from wrapper.errors import DatasetError, UsageError
 
 PLACEHOLDER = re.compile(r"\{\{(name|author)\}\}")
@@ -54,7 +54,6 @@ def write_identity(name: str, author: str) -> Path:
     """Write the filled set to $LFWRAP_HOME/datasets/identity.json and register it as `identity`."""
     rows = fill_identity(name, author)
     path = home.user_datasets_dir() / "identity.json"
-    write_atomic(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     entry = RegistryEntry(
         file=path.name,
         formatting="alpaca",
@@ -62,5 +61,7 @@ def write_identity(name: str, author: str) -> Path:
         f"{json.dumps(author, ensure_ascii=False)}.",
         rows=len(rows),
     )
-    register("identity", entry)
+    with registry_lock():
+        write_owned(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        register("identity", entry)
     return path

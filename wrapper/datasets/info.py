@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from wrapper.datasets.jsonpos import key_lines, line_of
 from wrapper.errors import DatasetError, Problem
 
+# An entry name is a `dataset:` list item and the run's copy is data/<name>/: a plain file name, no '..'.
+# Letters and digits of any script (a name such as 客服问答 is fine), '_', '-' and '.'.
+ENTRY_NAME = re.compile(r"^[^\W_][\w.-]{0,127}$")
 FORMATTINGS = ("alpaca", "sharegpt", "openai")
 SOURCE_KEYS = ("file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
@@ -135,6 +139,13 @@ def check_entries(data: Any, *, text: str | None = None, file: str = "dataset_in
         return [Problem("dataset_info.json must be a JSON object mapping dataset names to entries", file, 1)]
     problems: list[Problem] = []
     for name, entry in data.items():
+        if not ENTRY_NAME.match(name) or ".." in name:
+            message = (
+                f"dataset name {json.dumps(name, ensure_ascii=False)} is not allowed; use letters, digits, "
+                "'_', '-' or '.' (at most 128, starting with a letter or digit, no '..' or '/'), e.g. my_qa"
+            )
+            problems.append(Problem(message, file, line_of(lines, name)))
+            continue
         if not isinstance(entry, dict):
             message = f"dataset '{name}': the entry must be an object"
             problems.append(Problem(message, file, line_of(lines, name)))

@@ -1,8 +1,10 @@
 """Launching LLaMA-Factory: run directories, the local and Docker backends, progress, serve, export.
 
 Library API (the CLI is a thin shell over it):
+    wrapper.launch.plan     plan_run (pure: what --dry-run shows) → materialize (the only write)
+    wrapper.launch.preflight  output folder writable, disk enough for the checkpoints
     wrapper.launch.train    create_run → launch → follow → result; cancel_run, prepare_resume
-    wrapper.launch.runs     run directories and their meta.json
+    wrapper.launch.runs     run directories, their meta.json, the supervisor's identity, the run lock
     wrapper.launch.serve    start_api_server → ServerHandle(url, stop())
     wrapper.launch.export   export_run (merge a run's LoRA adapter into a standalone model)
 """

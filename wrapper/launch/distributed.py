@@ -13,6 +13,7 @@ after checking that they make sense together; `distributed_options` adds the fla
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +128,13 @@ def apply(
     run_dir: Path,
     *,
     backend: str = "local",
+    files: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Copies of `config` and `env` with the distributed settings applied.
 
-    Writes the DeepSpeed JSON into `run_dir` when a preset is chosen and points `deepspeed:` at it
-    (a host path; docker_backend.container_config maps it into the container). With backend
+    Points `deepspeed:` at run_dir/ds_PRESET.json when a preset is chosen (a host path;
+    docker_backend.container_config maps it into the container); with `files` (planning) the JSON
+    is added there as {"ds_PRESET.json": text} to be written with the run, else written at once. With backend
     "docker" the GPUs are chosen by the container's DeviceRequest (DistributedOptions.docker_gpus),
     so CUDA_VISIBLE_DEVICES is left alone.
     """
@@ -159,9 +162,13 @@ def apply(
             env["MASTER_PORT"] = str(options.master_port)
 
     if options.deepspeed is not None:
-        from wrapper.render import write_deepspeed
+        from wrapper.render import render_deepspeed, write_deepspeed
 
-        path = write_deepspeed(options.deepspeed, run_dir)
+        if files is None:
+            path = write_deepspeed(options.deepspeed, run_dir)
+        else:
+            path = run_dir / f"ds_{options.deepspeed}.json"
+            files[path.name] = json.dumps(render_deepspeed(options.deepspeed), indent=2) + "\n"
         config["deepspeed"] = str(path)
 
     if options.use_ray:

@@ -69,6 +69,11 @@ class DockerOptions:
     user: str | None = None  # e.g. "1000:1000"; None keeps the image's user (root)
     base_url: str | None = None  # None: DOCKER_HOST, else the default socket
     pull: bool = True  # pull the image when it is absent
+    # PyTorch's DataLoader workers hand batches over in shared memory (/dev/shm), and Docker gives a
+    # container only 64 MB of it: LLaMA-Factory's own docker instructions use --ipc=host (the host's
+    # IPC namespace and /dev/shm), and so does lfwrap by default. shm_size ("16g") gives the container
+    # a private IPC namespace with a /dev/shm that large instead, isolated from the host's.
+    shm_size: str | None = None
 
 
 def default_hf_cache() -> Path:
@@ -136,7 +141,48 @@ def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
     return [root.expanduser().resolve() for root in roots]
 
 
+SYSTEM_FOLDERS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
+    "/var",
+)
+
+
+def check_cache(cache: Path) -> None:
+    """LaunchError for a Hugging Face cache that must not be mounted read-write into a container: /, a
+    system folder, the home folder (or a folder holding it), or one holding $LFWRAP_HOME."""
+    resolved = cache.expanduser().resolve()
+    user_home = Path.home().resolve()
+    lf_home = home()
+    why = None
+    if resolved == Path("/") or str(resolved) in SYSTEM_FOLDERS and resolved != user_home:
+        why = "a system folder"
+    elif user_home.is_relative_to(resolved):
+        why = "your home folder" if resolved == user_home else f"a folder holding your home {user_home}"
+    elif lf_home.is_relative_to(resolved):
+        why = f"a folder holding $LFWRAP_HOME ({lf_home}): runs, datasets and keys"
+    if why:
+        raise LaunchError(
+            f"Refusing to mount the Hugging Face cache {cache} read-write into the container: it is {why}; "
+            "set HF_HOME to a cache folder of its own, e.g. HF_HOME=~/.cache/huggingface."
+        )
+
+
+def _shm_bytes(size: str) -> int:
+    from docker.errors import DockerException
+    from docker.utils import parse_bytes
+
+    try:
+        value = int(parse_bytes(size))
+    except (DockerException, ValueError):
+        value = 0
+    if value <= 0:
+        raise LaunchError(f"--shm-size {size!r} is not a size; write it like 16g or 512m.")
+    return value
+
+
 def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) -> None:
+    if options.hf_cache is not None:
+        check_cache(options.hf_cache)
     roots = _allowed_roots(options, run_dir)
     targets: set[str] = set()
     for mount in mounts:
@@ -147,7 +193,9 @@ def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) ->
                 f"$LFWRAP_HOME ({home()}), the bundled datasets and the Hugging Face cache may be mounted; "
                 f"move the files under $LFWRAP_HOME."
             )
-        if not source.exists() and mount.target != hf_home_target(options):  # the cache is made at start
+        # the cache is made when the container starts, the run folder when the planned run is created
+        made_later = mount.target in (hf_home_target(options), CONTAINER_RUN_DIR)
+        if not source.exists() and not made_later:
             raise LaunchError(f"Cannot mount {mount.source} into the container: it does not exist.")
         if not mount.target.startswith("/"):
             raise LaunchError(f"Mount target {mount.target!r} must be an absolute path inside the container.")
@@ -220,7 +268,8 @@ def container_spec(
     _check_mounts(all_mounts, options, run_dir)
 
     host_config: dict[str, Any] = {
-        "IpcMode": "host",
+        # see DockerOptions.shm_size: the host's IPC namespace for PyTorch's shared-memory data loaders
+        "IpcMode": "host" if options.shm_size is None else "private",
         "Privileged": False,
         "AutoRemove": False,
         "Mounts": [
@@ -228,6 +277,8 @@ def container_spec(
             for m in all_mounts
         ],
     }
+    if options.shm_size is not None:
+        host_config["ShmSize"] = _shm_bytes(options.shm_size)
     device_requests = _device_requests(options.gpus)
     if device_requests:
         host_config["DeviceRequests"] = [dict(request) for request in device_requests]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wrapper.errors import LaunchError
+from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
 from wrapper.launch.local import llamafactory_cli, spawn, stop_group
 from wrapper.launch.progress import error_lines
@@ -30,11 +30,22 @@ def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
 
 
 def export_run(
-    name: str, out: Path | None = None, *, sets: tuple[str, ...] = (), backend: str = "local"
+    name: str,
+    out: Path | None = None,
+    *,
+    sets: tuple[str, ...] = (),
+    backend: str = "local",
+    force: bool = False,
 ) -> Path:
-    """Merge run `name`'s adapter into a standalone model folder (default run_dir/merged); its path."""
+    """Merge run `name`'s adapter into a standalone model folder (default run_dir/merged); its path.
+
+    An `out` folder that is not empty is refused unless `force`: the merge writes config.json,
+    tokenizer and weight files there and would mix them with (or replace) what it holds.
+    """
     run_dir = runs.find_run(name)
     target = (out or run_dir / "merged").expanduser().resolve()
+    if out is not None and not force:
+        check_out_folder(target)
     config = export_config(run_dir, target, sets)
     path = run_dir / EXPORT_FILE
     log_path = run_dir / "export.log"
@@ -54,6 +65,16 @@ def export_run(
             f"Exporting run {name} failed (exit code {code}): {' / '.join(lines)}; full log: {log_path}."
         )
     return target
+
+
+def check_out_folder(target: Path) -> None:
+    """RunError unless `target` is missing or an empty folder."""
+    if target.exists() and not target.is_dir():
+        raise RunError(f"--out {target} is a file; give a folder (new or empty).")
+    if target.is_dir() and any(target.iterdir()):
+        raise RunError(
+            f"--out {target} is not empty; choose a new or empty folder, or pass --force to write into it."
+        )
 
 
 def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, target: Path) -> int:

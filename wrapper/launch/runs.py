@@ -8,19 +8,29 @@
     output/             output_dir: adapter, checkpoints, trainer_log.jsonl, loss plot
 
 Status moves queued → running → succeeded | failed | cancelled. meta.json is rewritten atomically,
-so readers (the CLI, `lfwrap runs`, a job worker) never see half a file.
+so readers (the CLI, `lfwrap runs`, a job worker) never see half a file, and read-modify-written under
+.meta.lock, so the launcher and the supervisor never undo each other's changes.
+
+meta.json records the supervisor's identity (pid, start time from /proc/PID/stat, boot id): a pid or
+process group id alone can belong to an unrelated process after a crash or a reboot, so nothing is
+signalled unless the identity still matches. The supervisor holds .run.lock for the run's whole life
+(and hands it to LLaMA-Factory), so a second writer (`--resume`, `runs remove`) is refused meanwhile.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
+
+from filelock import FileLock
 
 from wrapper.errors import RunError, UsageError
 from wrapper.home import runs_dir
@@ -35,6 +45,9 @@ META_FILE = "meta.json"
 LOG_FILE = "train.log"
 OUTPUT_DIR = "output"
 TRAINER_LOG = "trainer_log.jsonl"
+RUN_LOCK = ".run.lock"
+META_LOCK = ".meta.lock"
+LOST = "lost: the run's supervisor is gone"  # first error line of a run that ended unrecorded
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class RunMeta:
     container_id: str | None = None
     error: list[str] = field(default_factory=list)  # the relevant lines of the log when the run failed
     docker: dict[str, Any] | None = None  # DockerOptions fields for the docker backend
+    supervisor: dict[str, Any] | None = None  # process_identity() of the supervisor
 
     @classmethod
     def from_dict(cls, data: Any) -> RunMeta:
@@ -143,6 +157,8 @@ def require_succeeded(run_dir: Path, action: str) -> RunMeta:
 
 def list_run_dirs() -> list[Path]:
     root = runs_dir()
+    if not root.is_dir():
+        return []
     return sorted((p for p in root.iterdir() if (p / META_FILE).is_file()), key=lambda p: p.name)
 
 
@@ -165,9 +181,93 @@ def write_meta(run_dir: Path, meta: RunMeta) -> None:
 
 
 def update_meta(run_dir: Path, **changes: Any) -> RunMeta:
-    meta = read_meta(run_dir).updated(**changes)
-    write_meta(run_dir, meta)
+    with FileLock(str(run_dir / META_LOCK), is_singleton=True):
+        meta = read_meta(run_dir).updated(**changes)
+        write_meta(run_dir, meta)
     return meta
+
+
+class RunLock:
+    """An exclusive flock on run_dir/.run.lock. A plain descriptor (not filelock's) because the supervisor
+    hands it to LLaMA-Factory (Popen pass_fds): the lock lives as long as either process does."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RUN_LOCK
+        self.fd: int | None = None
+
+    def acquire(self, timeout: float = 0.0) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.05)
+                continue
+            self.fd = fd
+            return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def try_run_lock(run_dir: Path, what: str) -> RunLock:
+    """The run's lock, acquired at once, or RunError: someone is writing the run."""
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        name = run_dir.name
+        raise RunError(
+            f"Run {name!r} is active (a supervisor or LLaMA-Factory still holds {lock.path}); cannot "
+            f"{what} now: wait for it, or stop it with `lfwrap runs cancel {name}`."
+        )
+    return lock
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is index 0
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None  # a zombie has finished
+    return int(fields[19])
+
+
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """What tells process `pid` apart from a later one with the same pid; None when it is not running."""
+    start = start_time(pid)
+    if start is None:
+        return None
+    return {"pid": pid, "start_time": start, "boot_id": boot_id()}
+
+
+def supervisor_alive(meta: RunMeta) -> bool:
+    """Whether the process recorded as the run's supervisor is still that process. A meta.json without
+    a recorded identity (older, hand-made or stale) never counts as alive: its pid proves nothing."""
+    recorded = meta.supervisor
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("pid"), int):
+        return False
+    return process_identity(recorded["pid"]) == recorded
 
 
 def output_dir(run_dir: Path) -> Path:

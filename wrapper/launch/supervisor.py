@@ -7,7 +7,12 @@ cancelled), its exit code and, on failure, the relevant error lines. Because it 
 command that started it, detached runs get their status recorded too.
 
 SIGTERM or SIGINT cancel the run: the rest of the group gets SIGTERM, then SIGKILL after a grace
-period; a container is stopped and removed.
+period; a container is stopped and removed. SIGHUP (the terminal that followed the run closed) is
+ignored: the supervisor runs in its own session, so the run goes on and records its end as usual.
+
+It holds the run's lock (.run.lock) for its whole life and passes it to LLaMA-Factory, so no second
+writer (`--resume`, `runs remove`) starts while either lives. LLaMA-Factory killed by a signal
+(SIGKILL from the kernel's OOM killer, say) makes the run failed, with the signal named.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from wrapper.launch.local import child_env, llamafactory_cli
 from wrapper.launch.progress import error_lines
 
 GRACE_SECONDS = 10.0
+LOCK_WAIT_SECONDS = 10.0  # the launcher releases the lock right after starting us
+_KILL_HINT = " (by hand, or by the kernel's out-of-memory killer: see `dmesg`); the run stopped there."
 
 
 class Cancelled(Exception):
@@ -63,7 +70,7 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
+def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
     command = [llamafactory_cli(), *meta.command[1:]]
     child = subprocess.Popen(
         command,
@@ -72,6 +79,7 @@ def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=child_env(meta.env),
+        pass_fds=(lock.fd,) if lock.fd is not None else (),  # the run stays locked while it lives
     )
     try:
         return child.wait()
@@ -80,7 +88,7 @@ def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
         raise
 
 
-def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
+def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
     from wrapper.launch.docker_backend import start_container
     from wrapper.launch.train import docker_setup
 
@@ -100,8 +108,30 @@ def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any) -> int:
 def supervise(run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lock = runs.RunLock(run_dir)
+    if not lock.acquire(timeout=LOCK_WAIT_SECONDS):
+        runs.update_meta(
+            run_dir,
+            status="failed",
+            ended=runs.now(),
+            error=[f"Another process holds {lock.path}: the run is already being written; not started."],
+        )
+        return 1
+    with lock:
+        return _supervise(run_dir, lock)
+
+
+def _supervise(run_dir: Path, lock: runs.RunLock) -> int:
+    if runs.read_meta(run_dir).status != "queued":  # cancelled before it started: leave it so
+        return 1
     meta = runs.update_meta(
-        run_dir, status="running", started=runs.now(), pid=os.getpid(), pgid=os.getpgid(0)
+        run_dir,
+        status="running",
+        started=runs.now(),
+        pid=os.getpid(),
+        pgid=os.getpgid(0),
+        supervisor=runs.process_identity(os.getpid()),
     )
     status: runs.Status = "failed"
     code: int | None = None
@@ -109,16 +139,20 @@ def supervise(run_dir: Path) -> int:
     with (run_dir / runs.LOG_FILE).open("ab") as log:
         try:
             runner = _run_docker if meta.backend == "docker" else _run_local
-            code = runner(run_dir, meta, log)
+            code = runner(run_dir, meta, log, lock)
             status = "succeeded" if code == 0 else "failed"
+            if code < 0:  # killed by a signal: say which, before the log's last lines
+                name = signal.Signals(-code).name
+                error = [f"LLaMA-Factory was killed by {name}" + (_KILL_HINT if name == "SIGKILL" else ".")]
+                log.write(f"lfwrap: {error[0]}\n".encode())
         except Cancelled:
             status = "cancelled"
         except Exception as exc:  # a launch problem (engine unreachable, ...): recorded, not raised
             error = [str(exc)]
             log.write(f"lfwrap: {exc}\n".encode())
-    if status == "failed" and not error:
+    if status == "failed" and (not error or code is not None and code < 0):
         text = (run_dir / runs.LOG_FILE).read_text(encoding="utf-8", errors="replace")
-        error = error_lines(text) or [f"LLaMA-Factory exited with status {code}."]
+        error = error + (error_lines(text) or [f"LLaMA-Factory exited with status {code}."])
     runs.update_meta(run_dir, status=status, exit_code=code, ended=runs.now(), error=error)
     return 0 if status == "succeeded" else 1
 

@@ -1,6 +1,7 @@
 """The training launcher as a library: rendered config → run directory → launch → follow → result.
 
-    run_dir = create_run(config, template="sft_lora", overrides=[...])   # writes the run directory
+    plan = plan_run(config, template="sft_lora", overrides=[...])   # pure: what --dry-run shows
+    run_dir = materialize(plan)                       # the run directory (create_run does both)
     launch(run_dir)                                  # starts the supervisor (own process group)
     meta = follow(run_dir, on_progress=print)        # until succeeded / failed / cancelled
     cancel_run(run_dir)                              # from anywhere, also for detached runs
@@ -10,7 +11,6 @@ The CLI (`lfwrap train`, `lfwrap runs`), a job worker or the gateway call these 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,21 +18,32 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
-from wrapper.launch.local import check_extras, llamafactory_cli, llamafactory_version
+from wrapper.launch.local import check_extras, llamafactory_cli
+from wrapper.launch.plan import (  # noqa: F401  (re-exported: the plan is part of this module's API)
+    DATASET_KEYS,
+    RunPlan,
+    config_text,
+    container_spec_of,
+    docker_setup,
+    materialize,
+    model_mounts,
+    plan_run,
+)
 from wrapper.launch.progress import Progress, TrainerLog
 from wrapper.yamlload import safe_load
 
+if TYPE_CHECKING:
+    from wrapper.launch.distributed import DistributedOptions
+    from wrapper.launch.docker_backend import DockerOptions
+
 POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
-DATASET_KEYS = ("dataset", "eval_dataset")
 
 
 @dataclass
@@ -43,40 +54,6 @@ class RunResult:
     loss_plot: Path | None
 
 
-def copy_datasets(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Copy the data files of the config's datasets into run_dir/data and write run_dir/dataset_info.json
-    listing just those datasets; returns the config with dataset_dir pointing at the run directory."""
-    from wrapper.datasets.info import read_dataset_info
-    from wrapper.datasets.registry import dataset_files, prepare_dataset_dir
-    from wrapper.validate import split_names
-
-    names = [name for key in DATASET_KEYS for name in split_names(config.get(key))]
-    if not names:
-        return config
-    source_dir = Path(str(config.get("dataset_dir") or prepare_dataset_dir())).expanduser()
-    info = read_dataset_info(source_dir / "dataset_info.json")
-    copied: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(names):
-        files = dataset_files(source_dir, [name])  # DatasetError for an unknown name
-        entry = dict(info[name])
-        file_name = entry.get("file_name")
-        if file_name:
-            target = run_dir / "data" / name
-            target.mkdir(parents=True, exist_ok=True)
-            for path in files:
-                if not path.is_file():
-                    raise LaunchError(
-                        f"Dataset '{name}' points at {path}, which does not exist; fix its file_name in "
-                        f"{source_dir / 'dataset_info.json'} or register the file with `lfwrap data add`."
-                    )
-                shutil.copy2(path, target / path.name)
-            single = len(files) == 1 and not (source_dir / str(file_name)).is_dir()
-            entry["file_name"] = f"data/{name}/{files[0].name}" if single else f"data/{name}"
-        copied[name] = entry
-    (run_dir / "dataset_info.json").write_text(json.dumps(copied, indent=2, ensure_ascii=False) + "\n")
-    return {**config, "dataset_dir": str(run_dir)}
-
-
 def create_run(
     config: dict[str, Any],
     *,
@@ -84,99 +61,26 @@ def create_run(
     template: str | None = None,
     overrides: Sequence[str] = (),
     backend: str = "local",
-    distributed: Any = None,
-    docker: Any = None,
+    distributed: DistributedOptions | None = None,
+    docker: DockerOptions | None = None,
 ) -> Path:
-    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued.
-
-    output_dir becomes run_dir/output unless the overrides set it; the datasets are copied in; the
-    distributed options (wrapper.launch.distributed.DistributedOptions) and, for backend "docker", the
-    DockerOptions decide the environment, the command and the paths the config uses.
-    """
-    run_name = runs.check_run_name(name) if name else runs.default_run_name(template or "run")
-    run_dir = runs.run_path(run_name)
-    if run_dir.exists():
-        raise RunError(
-            f"Run {run_name!r} already exists at {run_dir}; pick another --name, or continue it with "
-            f"`lfwrap train --name {run_name} --resume`."
-        )
-    run_dir.mkdir(parents=True)
-    try:
-        return _fill_run(run_dir, config, template, list(overrides), backend, distributed, docker)
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
-def _fill_run(
-    run_dir: Path,
-    config: dict[str, Any],
-    template: str | None,
-    overrides: list[str],
-    backend: str,
-    distributed: Any,
-    docker: Any,
-) -> Path:
-    config = copy_datasets(dict(config), run_dir)
-    if not any(item.startswith("output_dir=") for item in overrides):
-        config["output_dir"] = str(run_dir / runs.OUTPUT_DIR)
-    host_output = config.get("output_dir", str(run_dir / runs.OUTPUT_DIR))
-    env: dict[str, str] = {}
-    if distributed is not None:
-        from wrapper.launch.distributed import apply
-
-        config, env = apply(distributed, config, env, run_dir, backend=backend)
-    docker_meta = None
-    if backend == "docker":
-        config, docker_meta = _docker_paths(config, run_dir, docker)
-    meta = runs.RunMeta(
-        name=run_dir.name,
+    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued:
+    plan_run (pure) then materialize (the only step that writes)."""
+    plan = plan_run(
+        config,
+        name=name,
         template=template,
         overrides=overrides,
-        backend="docker" if backend == "docker" else "local",
-        command=["llamafactory-cli", "train", runs.CONFIG_FILE],
-        env=env,
-        image=docker_meta["options"]["image"] if docker_meta else None,
-        llamafactory_version=None if backend == "docker" else llamafactory_version(),
-        output_dir=str(host_output),
-        created=runs.now(),
-        docker=docker_meta,
+        backend=backend,
+        distributed=distributed,
+        docker=docker,
     )
-    write_config(run_dir, config)
-    runs.write_meta(run_dir, meta)
-    return run_dir
-
-
-def _docker_paths(
-    config: dict[str, Any], run_dir: Path, options: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from wrapper.launch.docker_backend import DockerOptions, Mount, container_config, effective_mounts
-
-    options = options or DockerOptions()
-    mounts: list[Mount] = model_mounts(config, run_dir)
-    config = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
-    fields = asdict(options)
-    if fields.get("hf_cache") is not None:
-        fields["hf_cache"] = str(fields["hf_cache"])
-    return config, {"options": fields, "mounts": [[str(m.source), m.target, m.read_only] for m in mounts]}
-
-
-def model_mounts(config: dict[str, Any], folder: Path) -> list[Any]:
-    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME) for the config's local model
-    and adapter folders that lie outside `folder` (which the container sees as /app/run anyway)."""
-    from wrapper.launch.docker_backend import Mount
-
-    mounts = []
-    for key, parent in (("model_name_or_path", "/app/models"), ("adapter_name_or_path", "/app/adapters")):
-        value = str(config.get(key) or "")
-        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
-            mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))
-    return mounts
+    return materialize(plan)
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write a LLaMA-Factory config file (keys in their rendered order, Unicode kept)."""
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(config_text(data), encoding="utf-8")
     return path
 
 
@@ -210,19 +114,8 @@ def launch_command(run_dir: Path) -> list[str]:
     return [llamafactory_cli(), *meta.command[1:]]
 
 
-def docker_setup(meta: runs.RunMeta) -> tuple[Any, list[Any]]:
-    """The DockerOptions and extra mounts recorded in a docker run's meta."""
-    from wrapper.launch.docker_backend import DockerOptions, Mount
-
-    spec = meta.docker or {}
-    options = DockerOptions(**spec.get("options", {}))
-    if options.hf_cache is not None:
-        options.hf_cache = Path(options.hf_cache)
-    return options, [Mount(Path(m[0]), m[1], bool(m[2])) for m in spec.get("mounts", [])]
-
-
 def container_spec_for(run_dir: Path) -> dict[str, Any]:
-    """The container spec a docker run will be created with (secrets redacted), for --dry-run."""
+    """The container spec a docker run will be created with (secrets redacted)."""
     from wrapper.launch.docker_backend import container_spec, redact_spec
 
     meta = runs.read_meta(run_dir)
@@ -232,8 +125,17 @@ def container_spec_for(run_dir: Path) -> dict[str, Any]:
 
 
 def prepare_resume(run_dir: Path) -> Path:
-    """Point the run's config at its last checkpoint and queue it again."""
-    meta = runs.read_meta(run_dir)
+    """Point the run's config at its last checkpoint and queue it again.
+
+    Refused while the run is active (its lock is held) or queued: of two concurrent --resume, the
+    second finds the run queued by the first, because the check and the change happen under the lock.
+    """
+    with runs.try_run_lock(run_dir, "resume it"):
+        return _prepare_resume(run_dir)
+
+
+def _prepare_resume(run_dir: Path) -> Path:
+    meta = refresh(run_dir)
     if meta.status in ("queued", "running"):
         raise RunError(f"Run {meta.name!r} is {meta.status}; wait, or `lfwrap runs cancel {meta.name}`.")
     checkpoint = runs.last_checkpoint(Path(meta.output_dir))
@@ -250,7 +152,9 @@ def prepare_resume(run_dir: Path) -> Path:
     write_config(run_dir, config)
     runs.write_meta(
         run_dir,
-        meta.updated(status="queued", exit_code=None, ended=None, error=[], pid=None, pgid=None),
+        meta.updated(
+            status="queued", exit_code=None, ended=None, error=[], pid=None, pgid=None, supervisor=None
+        ),
     )
     return checkpoint
 
@@ -268,23 +172,36 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid)
+    # the supervisor records the same itself when it starts; whichever comes first, cancel can verify it
+    identity = runs.process_identity(process.pid)
+    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid, supervisor=identity)
     return process
 
 
+def _lost(meta: runs.RunMeta) -> bool:
+    """An unfinished run whose supervisor (recorded, or started) is not running any more."""
+    started = meta.status == "running" or meta.pid is not None or meta.supervisor is not None
+    return meta.status in ("queued", "running") and started and not runs.supervisor_alive(meta)
+
+
 def refresh(run_dir: Path, check_group: bool = True) -> runs.RunMeta:
-    """The run's meta, marking it failed when its supervisor vanished without recording an end
-    (`check_group`: look for its process group, a scan of /proc)."""
+    """The run's meta, marking it failed ("lost") when its supervisor is gone without recording an end:
+    killed, crashed, or the machine rebooted (`check_group`: look, a read of /proc/PID/stat). The log
+    is kept; nothing is signalled."""
     meta = runs.read_meta(run_dir)
-    if check_group and meta.status == "running" and meta.pgid and not runs.group_alive(meta.pgid):
-        time.sleep(POLL_SECONDS)
+    if check_group and _lost(meta):
+        time.sleep(POLL_SECONDS)  # it may be writing its end right now
         meta = runs.read_meta(run_dir)
-        if meta.status == "running":
+        if _lost(meta):
+            pid = (meta.supervisor or {}).get("pid", meta.pid)
             meta = runs.update_meta(
                 run_dir,
                 status="failed",
                 ended=runs.now(),
-                error=["The run's supervisor ended without recording a result."],
+                error=[
+                    f"{runs.LOST} (pid {pid} ended, or is another process now) without recording a "
+                    f"result; its log is {run_dir / runs.LOG_FILE}."
+                ],
             )
     return meta
 
@@ -336,11 +253,26 @@ def result(run_dir: Path) -> RunResult:
 
 
 def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMeta:
-    """Stop a queued or running run: SIGTERM its process group, SIGKILL after `grace`; status cancelled."""
+    """Stop a queued or running run: SIGTERM its process group, SIGKILL after `grace`; status cancelled.
+
+    The group is signalled only while the recorded supervisor is still that very process (pid, start
+    time, boot id): a stale meta.json's group id may belong to an unrelated process now. A run whose
+    supervisor is gone is marked lost (failed) instead, and nothing is signalled.
+    """
     meta = runs.read_meta(run_dir)
-    if meta.status in runs.FINISHED:
+    was_lost = _lost(meta)
+    if meta.status in runs.FINISHED or was_lost:
+        meta = refresh(run_dir)  # a lost run becomes failed ("lost") here
+        leftovers = _leftovers(run_dir, meta)
+        if leftovers:  # LLaMA-Factory outliving a killed supervisor, still holding the run's lock
+            _stop_pids(leftovers, grace)
+            note = f"`lfwrap runs cancel` stopped {len(leftovers)} leftover process(es)."
+            return runs.update_meta(run_dir, error=[*meta.error, note])
+        if was_lost:
+            return meta
         raise RunError(f"Run {meta.name!r} already ended ({meta.status}); nothing to cancel.")
-    if meta.pgid:
+    # the supervisor leads the group (own session): its verified pid is the only group id signalled
+    if meta.pgid and runs.supervisor_alive(meta) and meta.pgid == (meta.supervisor or {}).get("pid"):
         _signal_group(meta.pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while runs.group_alive(meta.pgid) and time.monotonic() < deadline:
@@ -353,6 +285,38 @@ def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMe
     if meta.status not in runs.FINISHED:
         meta = runs.update_meta(run_dir, status="cancelled", ended=runs.now())
     return meta
+
+
+def _leftovers(run_dir: Path, meta: runs.RunMeta) -> list[int]:
+    """Processes of an ended run that still run: only while the run's lock is held (so something of the
+    run lives), on the supervisor's boot, in its process group, started after it."""
+    lock = runs.RunLock(run_dir)
+    if lock.acquire():
+        lock.release()
+        return []
+    recorded = meta.supervisor or {}
+    if not recorded or recorded.get("boot_id") != runs.boot_id() or meta.pgid is None:
+        return []
+    if meta.pgid != recorded.get("pid"):
+        return []
+    found = []
+    for pid in runs.group_members(meta.pgid):
+        started = runs.start_time(pid)
+        if started is not None and started >= recorded["start_time"]:
+            found.append(pid)
+    return found
+
+
+def _stop_pids(pids: list[int], grace: float) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(runs.start_time(pid) is not None for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -382,7 +346,8 @@ def folder_size(path: Path) -> int:
 def remove_run(run_dir: Path) -> Path | None:
     """Delete a finished run's folder; returns an output_dir outside it that was left in place.
 
-    A queued or running run is refused (cancel it first). Files a container wrote as root cannot be
+    A queued or running run is refused (cancel it first), and so is one whose lock is still held (a
+    LLaMA-Factory left running by a killed supervisor). Files a container wrote as root cannot be
     deleted by another user: the error says so instead of leaving a half-deleted run unexplained.
     """
     meta = refresh(run_dir)
@@ -390,6 +355,11 @@ def remove_run(run_dir: Path) -> Path | None:
         raise RunError(
             f"Run {meta.name!r} is {meta.status}; cancel it first with `lfwrap runs cancel {meta.name}`."
         )
+    with runs.try_run_lock(run_dir, "remove it"):
+        return _remove(run_dir, meta)
+
+
+def _remove(run_dir: Path, meta: runs.RunMeta) -> Path | None:
     output = Path(meta.output_dir)
     outside = None if output.resolve().is_relative_to(run_dir.resolve()) else output
 

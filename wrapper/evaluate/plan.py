@@ -27,6 +27,7 @@ ADAPTER_TYPES = ("lora", "oft")
 CARRIED = (
     "template", "cutoff_len", "trust_remote_code", "quantization_bit", "quantization_method",
     "bf16", "fp16", "default_system", "enable_thinking", "tool_format", "rope_scaling", "flash_attn",
+    "per_device_eval_batch_size",
 )  # fmt: skip
 # Keys that decide which rows a val_size split holds: kept so the split is the one training made.
 SPLIT_KEYS = ("dataset", "val_size", "seed", "max_samples", "mix_strategy", "interleave_probs")
@@ -92,6 +93,17 @@ def _registered(names: list[str]) -> Path:
                 "reference answer per prompt; evaluate on an instruction dataset such as alpaca_demo."
             )
     return folder
+
+
+def has_eval_split(run_dir: Path) -> bool:
+    """Whether the run was trained with an eval split (eval_dataset or val_size) that eval can reuse."""
+    from wrapper.launch.train import read_config
+
+    try:
+        config = read_config(run_dir)
+    except OSError:
+        return False
+    return bool(config.get("eval_dataset")) or float(config.get("val_size") or 0) > 0
 
 
 def data_keys(

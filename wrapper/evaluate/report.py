@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.launch import runs
+from wrapper.launch.progress import read_progress
 
 SAMPLE_ROWS = 200  # rows shown on the page; predictions.jsonl holds them all
 ROWS = (
@@ -53,31 +54,10 @@ def marked(answer: str, reference: str) -> Markup:
     return Markup("".join(out))
 
 
-def loss_points(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(step, loss) and (step, eval_loss) from the run's trainer_log.jsonl."""
-    path = Path(runs.read_meta(run_dir).output_dir) / runs.TRAINER_LOG
-    train: list[tuple[int, float]] = []
-    evaluated: list[tuple[int, float]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return train, evaluated
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("current_steps"), int):
-            continue
-        for key, into in (("loss", train), ("eval_loss", evaluated)):
-            if isinstance(row.get(key), (int, float)):
-                into.append((row["current_steps"], float(row[key])))
-    return train, evaluated
-
-
 def write_loss_plot(run_dir: Path, target: Path) -> Path | None:
     """loss.png: training and eval loss against step; None when the run logged no loss."""
-    train, evaluated = loss_points(run_dir)
+    progress = read_progress(Path(runs.read_meta(run_dir).output_dir) / runs.TRAINER_LOG)
+    train, evaluated = progress.losses, progress.eval_losses
     if not train and not evaluated:
         return None
     import matplotlib

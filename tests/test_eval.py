@@ -13,12 +13,12 @@ import yaml
 from wrapper.errors import DatasetError, RunError, UsageError
 from wrapper.evaluate.plan import plan_eval
 from wrapper.evaluate.report import marked, render_html
+from wrapper.home import models_dir
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
 from wrapper.launch.progress import TrainerLog, sparkline
 
 CONFIG = {
-    "model_name_or_path": "/models/tiny",
     "stage": "sft",
     "do_train": True,
     "finetuning_type": "lora",
@@ -30,8 +30,19 @@ CONFIG = {
 HOSTILE = '<script>alert(1)</script><img src="http://example.com/x.png"> & 神奇海螺'
 
 
+def _model() -> Path:
+    folder = models_dir() / "tiny"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def _finished(name: str, status: str = "succeeded", **config: object) -> Path:
-    run_dir = launcher.create_run({**CONFIG, **config}, name=name, template="sft_lora")
+    """A run as training leaves it: the base model folder exists, output/ holds weights."""
+    run_dir = launcher.create_run(
+        {**CONFIG, "model_name_or_path": str(_model()), **config}, name=name, template="sft_lora"
+    )
+    (run_dir / "output").mkdir()
+    (run_dir / "output" / "adapter_model.safetensors").write_bytes(b"")
     runs.update_meta(run_dir, status=status)
     return run_dir
 
@@ -48,7 +59,7 @@ def test_plan_for_an_adapter_run_on_a_registered_dataset(lfwrap_home: Path) -> N
     assert (tuned["eval_dataset"], tuned["max_samples"]) == ("identity,alpaca_demo", 5)
     assert tuned["dataset_dir"] == str(lfwrap_home / "datasets") and "dataset" not in tuned
     base = plan.passes[0].config
-    assert "adapter_name_or_path" not in base and base["model_name_or_path"] == "/models/tiny"
+    assert "adapter_name_or_path" not in base and base["model_name_or_path"] == str(_model())
     loss = plan.passes[3].config
     assert (loss["do_eval"], loss["do_predict"], loss["predict_with_generate"]) == (True, False, False)
     assert {item.config["output_dir"] for item in plan.passes} == {
@@ -78,7 +89,7 @@ def test_full_finetune_is_compared_with_its_base(lfwrap_home: Path) -> None:
     plan = plan_eval("full", datasets="identity")
     assert plan.passes[2].config["model_name_or_path"] == str(run_dir / "output")
     assert "adapter_name_or_path" not in plan.passes[2].config
-    assert plan.passes[0].config["model_name_or_path"] == "/models/tiny"
+    assert plan.passes[0].config["model_name_or_path"] == str(_model())
 
 
 @pytest.mark.parametrize(
@@ -115,6 +126,16 @@ def test_cli_refusals_are_one_sentence(lfwrap, lfwrap_home: Path, tmp_path: Path
     assert not (lfwrap_home / "runs" / "good" / "eval").exists()
     text = lfwrap("eval", "--help", check=True).stdout
     assert "$ lfwrap eval conch --dataset identity" in text
+
+
+def test_missing_model_or_weights_are_refused_before_launch(lfwrap_home: Path) -> None:
+    run_dir = _finished("gone", model_name_or_path=str(lfwrap_home / "moved-away"))
+    with pytest.raises(RunError, match="trained on the model folder .*moved-away, which no longer exists"):
+        plan_eval("gone", datasets="identity")
+    run_dir = _finished("empty")
+    (run_dir / "output" / "adapter_model.safetensors").unlink()
+    with pytest.raises(RunError, match="left no adapter or model weights"):
+        plan_eval("empty", datasets="identity")
 
 
 def test_docker_runs_are_refused(lfwrap_home: Path) -> None:

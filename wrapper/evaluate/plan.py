@@ -157,6 +157,18 @@ def model_keys(config: dict[str, Any], output_dir: str) -> dict[str, dict[str, A
     return {"base": {"model_name_or_path": base}, "tuned": tuned}
 
 
+def _check_model_files(run: str, base: str, output: Path) -> None:
+    """Refuse before LLaMA-Factory's imports when the base model folder or the trained weights are gone."""
+    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().is_dir():
+        raise RunError(
+            f"Run {run!r} was trained on the model folder {base}, which no longer exists; put the model "
+            "back there to evaluate it."
+        )
+    weights = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+    if not any((output / name).is_file() for name in weights) and not any(output.glob("model-*.safetensors")):
+        raise RunError(f"Run {run!r} left no adapter or model weights in {output}; nothing to evaluate.")
+
+
 def plan_eval(
     name: str,
     *,
@@ -190,6 +202,7 @@ def plan_eval(
         )
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"--max-samples {max_samples} must be at least 1.")
+    _check_model_files(name, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
     data, dataset, note = data_keys(config, name, datasets, max_samples)
     folder = report_folder(run_dir, out)
     carried = {key: config[key] for key in CARRIED if key in config}

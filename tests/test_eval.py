@@ -157,7 +157,7 @@ def test_report_escapes_every_user_text(lfwrap_home: Path) -> None:
     run_dir = _finished("conch")
     plan = plan_eval("conch", datasets="identity")
     scores = {"bleu-4": 1.0, "rouge-1": 2.0, "rouge-2": 0.0, "rouge-l": 1.5, "exact_match": 0.0,
-              "eval_loss": 3.0, "mean_answer_length": 10.0}
+              "eval_loss": 3.0}
     metrics = {"run": "conch", "dataset": "identity", "samples": 1, "base": scores,
                "tuned": {**scores, "exact_match": 100.0, "eval_loss": 1.0}}
     rows = [{"prompt": HOSTILE, "reference": HOSTILE, "base": "x", "base_exact": False,
@@ -167,6 +167,9 @@ def test_report_escapes_every_user_text(lfwrap_home: Path) -> None:
     # prompt, reference, fine-tuned answer, the data note, and the base's missing-text tooltip
     assert page.count("&lt;script&gt;") == 5
     assert '<td class="num up">+100</td>' in page and '<td class="num up">-2</td>' in page
+    chars = len(HOSTILE)
+    lengths = f'<td class="num">1</td><td class="num">{chars}</td><td class="num ">+{chars - 1}</td>'
+    assert f"<th>Mean answer length (chars)</th>{lengths}" in page
     assert "default-src 'none'" in page  # the page may fetch nothing even if something slipped through
     assert not (run_dir / "eval").exists()
 

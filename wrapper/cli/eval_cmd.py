@@ -72,7 +72,7 @@ def eval_(
     if as_json:
         click.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
         return
-    _print_summary(metrics, page)
+    _print_summary(metrics, rows, page)
 
 
 def _run_with_progress(plan: EvalPlan) -> None:
@@ -119,10 +119,13 @@ def _run_with_progress(plan: EvalPlan) -> None:
         raise
 
 
-def _print_summary(metrics: dict[str, Any], page: Path) -> None:
+def _print_summary(metrics: dict[str, Any], rows: list[dict[str, Any]], page: Path) -> None:
+    from wrapper.evaluate.metrics import with_lengths
     from wrapper.evaluate.report import ROWS
 
-    base, tuned = metrics["base"], metrics["tuned"]
+    figures = with_lengths(metrics, rows)
+    base, tuned = figures["base"], figures["tuned"]
+    assert tuned is not None
     click.echo(f"Run {metrics['run']} on {metrics['dataset']} ({metrics['samples']} rows):")
     columns = ("base", "fine-tuned", "change") if base else ("fine-tuned",)
     click.echo(f"  {'metric':<28}" + "".join(f"{name:>12}" for name in columns))

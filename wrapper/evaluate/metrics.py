@@ -1,10 +1,10 @@
 """The numbers of an evaluation, read from what LLaMA-Factory wrote.
 
-Per model:
+metrics.json, per model (exactly these keys; "base" is null with --no-base):
     bleu-4, rouge-1, rouge-2, rouge-l   LLaMA-Factory's own (predict_results.json), percentages 0-100
     exact_match                         percentage of answers equal to the reference (both stripped)
     eval_loss                           mean token cross-entropy of the reference answers (eval_results.json)
-    mean_answer_length                  characters per generated answer (stripped)
+The report and the summary add the mean answer length (characters, stripped), from predictions.jsonl.
 """
 
 from __future__ import annotations
@@ -51,8 +51,19 @@ def model_metrics(predict_dir: Path, loss_dir: Path) -> tuple[dict[str, float], 
     result = {key: round(float(scores[f"predict_{key}"]), 4) for key in SCORES}
     result["exact_match"] = round(100 * sum(exact(r["predict"], r["label"]) for r in rows) / len(rows), 4)
     result["eval_loss"] = round(float(loss["eval_loss"]), 6)
-    result["mean_answer_length"] = round(sum(len(r["predict"].strip()) for r in rows) / len(rows), 2)
     return result, rows
+
+
+def with_lengths(metrics: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
+    """Each model's metrics plus mean_answer_length, for the report and the summary."""
+    figures: dict[str, dict[str, float] | None] = {}
+    for model in ("base", "tuned"):
+        if metrics.get(model) is None:
+            figures[model] = None
+            continue
+        length = sum(len(str(row[model]).strip()) for row in rows) / max(len(rows), 1)
+        figures[model] = {**metrics[model], "mean_answer_length": round(length, 2)}
+    return figures
 
 
 def collect(plan: EvalPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from wrapper.evaluate.metrics import with_lengths
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.launch import runs
 from wrapper.launch.progress import read_progress
@@ -99,7 +100,9 @@ def render_html(
         loader=FileSystemLoader(Path(__file__).parent),
         autoescape=select_autoescape(default=True, default_for_string=True),
     )
-    base, tuned = metrics["base"], metrics["tuned"]
+    figures = with_lengths(metrics, rows)
+    base, tuned = figures["base"], figures["tuned"]
+    assert tuned is not None
     table = []
     for key, label, _ in ROWS:
         change, css = _change(key, base, tuned)

@@ -190,9 +190,9 @@ def plan_eval(
     meta = runs.require_succeeded(run_dir, "evaluate")
     if meta.backend == "docker":
         raise RunError(
-            f"Run {name!r} was trained with --backend docker, and lfwrap eval runs LLaMA-Factory locally "
-            "only; evaluate it on a machine with the local extra, or with LLaMA-Factory's predict config "
-            "(`lfwrap render --template predict`) inside the container."
+            f"Run {name!r} was trained with --backend docker, which lfwrap eval does not support yet; "
+            "render a predict config with `lfwrap render --template predict` and run it in the container "
+            "with `llamafactory-cli train`."
         )
     config = read_config(run_dir)
     if config.get("stage") in ("rm", "ppo"):

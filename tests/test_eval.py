@@ -141,7 +141,7 @@ def test_missing_model_or_weights_are_refused_before_launch(lfwrap_home: Path) -
 def test_docker_runs_are_refused(lfwrap_home: Path) -> None:
     run_dir = _finished("boxed")
     runs.update_meta(run_dir, backend="docker")
-    with pytest.raises(RunError, match="trained with --backend docker, which lfwrap eval does not support yet"):
+    with pytest.raises(RunError, match="trained with --backend docker, which lfwrap eval does not support"):
         plan_eval("boxed", datasets="identity")
 
 

@@ -35,12 +35,19 @@ Examples:
 @click.command("eval", help=HELP)
 @click.argument("run")
 @click.option("--dataset", metavar="NAME[,NAME]", help="Registered dataset(s) to evaluate on.")
-@click.option("--max-samples", type=int, metavar="N", help="At most the first N rows of each dataset.")
+@click.option(
+    "--max-samples", type=click.IntRange(min=1), metavar="N", help="At most the first N rows of each dataset."
+)
 @click.option("--no-base", is_flag=True, help="Evaluate the fine-tuned model only.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json (progress goes to stderr).")
 @click.option("--out", type=click.Path(path_type=Path), metavar="DIR", help="Report folder (new or empty).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), metavar="N", help="Longest answer [512].")
-@click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Prompts generated together [8].")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Prompts per batch [the run's eval batch, else 8].",
+)
 def eval_(
     run: str,
     dataset: str | None,

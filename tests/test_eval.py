@@ -84,6 +84,14 @@ def test_the_runs_own_split_is_reused(lfwrap_home: Path) -> None:
     assert plan_eval("held").passes[0].config["eval_dataset"] == "alpaca_demo"
 
 
+def test_a_run_without_chat_template_keeps_llamafactorys_fallback(lfwrap_home: Path) -> None:
+    run_dir = _finished("plain")
+    config = launcher.read_config(run_dir)
+    del config["template"]
+    launcher.write_config(run_dir, config)
+    assert all(item.config["template"] is None for item in plan_eval("plain", datasets="identity").passes)
+
+
 def test_full_finetune_is_compared_with_its_base(lfwrap_home: Path) -> None:
     run_dir = _finished("full", finetuning_type="full")
     plan = plan_eval("full", datasets="identity")

@@ -206,6 +206,7 @@ def plan_eval(
     data, dataset, note = data_keys(config, name, datasets, max_samples)
     folder = report_folder(run_dir, out)
     carried = {key: config[key] for key in CARRIED if key in config}
+    carried.setdefault("template", None)  # none in training: LLaMA-Factory's fallback, not predict's default
     generate: dict[str, Any] = {}
     if max_new_tokens is not None:
         generate["max_new_tokens"] = max_new_tokens

@@ -97,7 +97,8 @@ def run_plan(plan: EvalPlan, on_event: Callable[[Event], None] | None = None) ->
     jobs = write_plan(plan)
     progress = plan.out / "progress.jsonl"
     log = plan.out / LOG_FILE
-    process = spawn([*command, str(jobs), str(progress)], cwd=plan.out, log_path=log, env={})
+    # In the run folder, as training ran: relative paths in the run's config mean the same there.
+    process = spawn([*command, str(jobs), str(progress)], cwd=plan.run_dir, log_path=log, env={})
     events = _Events(progress)
     try:
         while True:

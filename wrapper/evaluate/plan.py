@@ -157,9 +157,11 @@ def model_keys(config: dict[str, Any], output_dir: str) -> dict[str, dict[str, A
     return {"base": {"model_name_or_path": base}, "tuned": tuned}
 
 
-def _check_model_files(run: str, base: str, output: Path) -> None:
-    """Refuse before LLaMA-Factory's imports when the base model folder or the trained weights are gone."""
-    if base.startswith(("/", "./", "../", "~")) and not Path(base).expanduser().is_dir():
+def _check_model_files(run_dir: Path, base: str, output: Path) -> None:
+    """Refuse before LLaMA-Factory's imports when the base model folder or the trained weights are gone
+    (a relative folder is taken from the run folder, where training ran)."""
+    run = run_dir.name
+    if base.startswith(("/", "./", "../", "~")) and not (run_dir / Path(base).expanduser()).is_dir():
         raise RunError(
             f"Run {run!r} was trained on the model folder {base}, which no longer exists; put the model "
             "back there to evaluate it."
@@ -202,7 +204,7 @@ def plan_eval(
         )
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"--max-samples {max_samples} must be at least 1.")
-    _check_model_files(name, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
+    _check_model_files(run_dir, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
     data, dataset, note = data_keys(config, name, datasets, max_samples)
     folder = report_folder(run_dir, out)
     carried = {key: config[key] for key in CARRIED if key in config}

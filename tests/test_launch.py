@@ -216,7 +216,10 @@ def test_runs_logs_prints_the_log_and_follow_stops_at_the_end(lfwrap, lfwrap_hom
     assert proc.stdout == "step one\nValueError: boom\n"
     assert "[run logged failed]" in proc.stderr
     shown = lfwrap("runs", "show", "logged", check=True).stdout
-    assert '"status": "failed"' in shown and f"log:       {run_dir / 'train.log'}" in shown
+    assert shown.startswith("Run logged: failed (local backend)\n"), shown
+    assert f"log        {run_dir / 'train.log'}" in shown and "$ lfwrap runs logs logged" in shown
+    meta = json.loads(lfwrap("runs", "show", "logged", "--json", check=True).stdout)
+    assert meta == runs.read_meta(run_dir).to_dict()
 
 
 @pytest.mark.skipif(find_spec("deepspeed") is not None, reason="deepspeed is installed here")

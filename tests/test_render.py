@@ -26,7 +26,7 @@ from wrapper.validate import validate_file
 ALL_TEMPLATES = {
     "sft_lora": "train", "sft_qlora": "train", "sft_full": "train", "pt_lora": "train",
     "dpo_lora": "train", "kto_lora": "train", "rm_lora": "train", "ppo_lora": "train",
-    "infer": "infer", "merge_lora": "export",
+    "infer": "infer", "merge_lora": "export", "predict": "eval",
 }
 STANDARD_TAGS = {
     f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null", "seq", "map")

@@ -5,7 +5,7 @@ A template is a Jinja2 file, templates/NAME.yaml.j2 (bundled) or $LFWRAP_HOME/te
 comments naming the command that uses it, then declares itself in a Jinja comment holding YAML:
 
     {# lfwrap
-    kind: train                      # train | infer | export
+    kind: train                      # train | infer | export | eval
     command: lfwrap train
     description: One line for `lfwrap templates`.
     variables:
@@ -139,7 +139,7 @@ class VarSpec:
 class TemplateInfo:
     name: str
     path: Path
-    kind: str  # "train" | "infer" | "export"
+    kind: str  # "train" | "infer" | "export" | "eval"
     command: str
     description: str
     variables: dict[str, VarSpec] = field(default_factory=dict)
@@ -161,7 +161,7 @@ class _VarDecl(BaseModel):
 
 class _Meta(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["train", "infer", "export"]
+    kind: Literal["train", "infer", "export", "eval"]
     command: str
     description: str
     variables: dict[str, _VarDecl] = {}

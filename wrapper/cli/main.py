@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-model": ("wrapper.cli.demo_model_cmd:demo_model", "Build the tiny demo Llama (no download)."),
     "train": ("wrapper.cli.train_cmd:train", "Render, validate, launch and follow a training run."),
     "runs": ("wrapper.cli.runs_cmd:runs", "List, inspect, follow and cancel runs."),
+    "eval": ("wrapper.cli.eval_cmd:eval_", "Base vs fine-tuned on held-out rows: metrics and a report."),
     "export": ("wrapper.cli.export_cmd:export", "Merge a run's LoRA adapter into a standalone model."),
     "serve": ("wrapper.cli.serve_cmd:serve", "Serve a run or model with LLaMA-Factory's API server."),
     "gateway": ("wrapper.cli.gateway_cmd:gateway", "OpenAI-compatible gateway in front of API servers."),

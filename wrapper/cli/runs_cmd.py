@@ -6,8 +6,12 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from wrapper.launch.train import RunResult
 
 LIST_HELP = """List runs, or inspect, follow, cancel or remove them.
 
@@ -63,30 +67,100 @@ def runs(ctx: click.Context) -> None:
 
 @runs.command(
     "show",
-    help="""Show a run's metadata, progress and files.
+    help="""Summarise a run: status, times, steps, final and best loss (and eval loss), a sparkline
+of the loss, where its adapter, loss plot and evaluation reports are, and what to run next.
+--json prints its meta.json instead.
 
 \b
 Examples:
   $ lfwrap runs show conch
+  $ lfwrap runs show conch --json
 """,
 )
 @click.argument("run")
-def show(run: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the run's meta.json.")
+def show(run: str, as_json: bool) -> None:
     from wrapper.launch import runs as store
     from wrapper.launch.train import refresh, result
 
     run_dir = store.find_run(run)
     refresh(run_dir)
     outcome = result(run_dir)
-    click.echo(json.dumps(outcome.meta.to_dict(), indent=2, ensure_ascii=False))
-    progress = outcome.progress
-    click.echo(f"progress:  {progress.step}/{progress.total} steps, last loss {progress.loss}")
-    click.echo(f"run dir:   {run_dir}")
-    click.echo(f"log:       {run_dir / store.LOG_FILE}")
+    if as_json:
+        click.echo(json.dumps(outcome.meta.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for line in summary_lines(run_dir, outcome):
+        click.echo(line)
+
+
+def _took(start: str | None, end: str | None) -> str:
+    if not start:
+        return ""
+    finish = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+    seconds = int((finish - datetime.fromisoformat(start)).total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    text = f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return f" ({'took' if end else 'running for'} {text})"
+
+
+def _loss_line(label: str, points: list[tuple[int, float]]) -> list[str]:
+    from wrapper.launch.progress import sparkline
+
+    if not points:
+        return []
+    best_step, best = min(points, key=lambda item: item[1])
+    final, first = points[-1][1], points[0][1]
+    return [
+        f"{label:<11}final {final:.4f}, best {best:.4f} at step {best_step}, first {first:.4f}",
+        f"{'':<11}{sparkline([value for _, value in points])}  ({len(points)} points, steps "
+        f"{points[0][0]}-{points[-1][0]})",
+    ]
+
+
+def summary_lines(run_dir: Path, outcome: RunResult) -> list[str]:
+    """The readable `runs show` text of a run."""
+    from wrapper.evaluate.plan import EVAL_DIR, has_eval_split
+    from wrapper.launch import runs as store
+
+    meta, progress = outcome.meta, outcome.progress
+    kind = "export" if meta.kind == "export" else None
+    about = ", ".join(part for part in (meta.template, f"{meta.backend} backend", kind) if part)
+    lines = [f"Run {meta.name}: {meta.status} ({about})"]
+    lines.append(f"{'created':<11}{meta.created}")
+    if meta.started:
+        lines.append(f"{'started':<11}{meta.started}{'' if meta.ended else _took(meta.started, None)}")
+    if meta.ended:
+        lines.append(f"{'ended':<11}{meta.ended}{_took(meta.started, meta.ended)}")
+    if progress.total:
+        lines.append(f"{'steps':<11}{progress.step}/{progress.total} ({progress.percentage:g}%)")
+    lines += _loss_line("loss", progress.losses)
+    lines += _loss_line("eval loss", progress.eval_losses)
+    for line in meta.error:
+        lines.append(f"{'error':<11}{line}")
+    lines.append(f"{'run dir':<11}{run_dir}")
+    lines.append(f"{'log':<11}{run_dir / store.LOG_FILE}")
     if outcome.adapter:
-        click.echo(f"adapter:   {outcome.adapter}")
+        lines.append(f"{'adapter':<11}{outcome.adapter}")
     if outcome.loss_plot:
-        click.echo(f"loss plot: {outcome.loss_plot}")
+        lines.append(f"{'loss plot':<11}{outcome.loss_plot}")
+    reports = sorted((run_dir / EVAL_DIR).glob("*/report.html"))
+    if reports:
+        lines.append(
+            f"{'eval':<11}{reports[-1]}" + (f" (+{len(reports) - 1} earlier)" if len(reports) > 1 else "")
+        )
+    lines.append("Next:")
+    name = meta.name
+    if meta.status in ("queued", "running"):
+        lines += [f"  $ lfwrap runs logs {name} --follow", f"  $ lfwrap runs cancel {name}"]
+    elif meta.status == "succeeded" and meta.kind == "train":
+        lines.append(f"  $ lfwrap eval {name}{'' if has_eval_split(run_dir) else ' --dataset NAME'}")
+        lines += [f"  $ lfwrap serve {name}", f"  $ lfwrap export {name}"]
+    else:
+        lines.append(f"  $ lfwrap runs logs {name}")
+        if store.last_checkpoint(Path(meta.output_dir)) is not None:
+            lines.append(f"  $ lfwrap train --name {name} --resume")
+        lines.append(f"  $ lfwrap runs remove {name}")
+    return lines
 
 
 @runs.command(

@@ -256,6 +256,8 @@ def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = 
 
     def update(progress: launcher.Progress) -> None:
         loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+        if progress.eval_loss is not None:
+            loss += f" (eval {progress.eval_loss:.4f})"
         bar.update(
             task,
             completed=progress.step,
@@ -276,6 +278,7 @@ def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = 
 
 
 def _print_outcome(outcome: RunResult, run_dir: Path) -> None:
+    from wrapper.evaluate.plan import has_eval_split
     from wrapper.launch import runs
 
     meta, progress = outcome.meta, outcome.progress
@@ -287,9 +290,12 @@ def _print_outcome(outcome: RunResult, run_dir: Path) -> None:
             click.echo(f"  {line}", err=True)
         raise LaunchError(f"Run {meta.name} failed (exit code {meta.exit_code}); the full log is {log}.")
     loss = f"{progress.loss:.4f}" if progress.loss is not None else "n/a"
+    if progress.eval_loss is not None:
+        loss += f", eval loss {progress.eval_loss:.4f}"
     click.echo(f"Run {meta.name} succeeded: {progress.step}/{progress.total} steps, final loss {loss}.")
     if outcome.adapter:
         click.echo(f"  adapter:   {outcome.adapter}")
     if outcome.loss_plot:
         click.echo(f"  loss plot: {outcome.loss_plot}")
-    click.echo(f"Next:\n  $ lfwrap serve {meta.name}\n  $ lfwrap export {meta.name}")
+    click.echo(f"Next:\n  $ lfwrap eval {meta.name}{'' if has_eval_split(run_dir) else ' --dataset NAME'}")
+    click.echo(f"  $ lfwrap serve {meta.name}\n  $ lfwrap export {meta.name}")

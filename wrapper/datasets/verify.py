@@ -1,0 +1,184 @@
+"""Check every row of a registered dataset with its own dataset_info.json entry, the way LLaMA-Factory will
+load it: formatting, ranking, columns, tags, pt's text column, kto_tag, media files under media_dir.
+
+    problems = check_dataset(name, entry, dataset_dir, stage="sft", media_dir=None)
+
+Results are cached by file size, mtime and everything the verdict depends on (entry, stage, media_dir)
+in ONE file, $LFWRAP_HOME/cache/data-check.json, so validating again is instant. That cache is the only
+file validation writes; nothing else is touched before a run is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from wrapper.datasets.check import check_file
+from wrapper.datasets.rows import Spec, make_spec
+from wrapper.errors import DatasetError, Problem
+
+# LLaMA-Factory 0.9.5 extras/constants.py FILEEXT2TYPE: the file types it loads.
+FILEEXT2TYPE = {
+    "arrow": "arrow",
+    "csv": "csv",
+    "json": "json",
+    "jsonl": "json",
+    "parquet": "parquet",
+    "txt": "text",
+}
+HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "cloud_file_name")
+MAX_ERRORS = 10
+CACHE_VERSION = 1
+
+
+def spec_for_entry(entry: dict[str, Any], *, stage: str | None, media_dir: Path | None) -> Spec:
+    """The row rules an entry implies; `stage` pt (or, without a stage, an alpaca entry naming a prompt
+    column but no response, like upstream's c4_demo) means pre-training text."""
+    columns = dict(entry.get("columns") or {})
+    formatting = entry.get("formatting", "alpaca")
+    pt = formatting == "alpaca" and (
+        stage == "pt" or (stage is None and "prompt" in columns and "response" not in columns)
+    )
+    return make_spec(
+        formatting,
+        ranking=bool(entry.get("ranking", False)),
+        pt=pt,
+        columns=columns,
+        tags=entry.get("tags") or {},
+        media_dir=media_dir,
+    )
+
+
+def entry_source(entry: dict[str, Any]) -> str:
+    """Where LLaMA-Factory loads the entry from, in its order: hub, script, cloud file, local file."""
+    if any(key in entry for key in ("hf_hub_url", "ms_hub_url", "om_hub_url")):
+        return "hub"
+    if "script_url" in entry:
+        return "script"
+    if "cloud_file_name" in entry:
+        return "cloud"
+    return "file"
+
+
+def data_files(name: str, entry: dict[str, Any], dataset_dir: Path) -> list[Path]:
+    """The local files of a `file_name` entry, as LLaMA-Factory lists them; DatasetError as it refuses."""
+    local = dataset_dir / str(entry.get("file_name"))
+    if local.is_dir():
+        files = sorted(path for path in local.iterdir())
+    elif local.is_file():
+        files = [local]
+    else:
+        raise DatasetError(f"dataset '{name}': file {local} not found; fix file_name or dataset_dir")
+    if not files:
+        raise DatasetError(f"dataset '{name}': folder {local} is empty")
+    kinds = {FILEEXT2TYPE.get(path.suffix[1:]) for path in files}
+    if None in kinds:
+        bad = next(path for path in files if FILEEXT2TYPE.get(path.suffix[1:]) is None)
+        raise DatasetError(
+            f"dataset '{name}': {bad.name} is not a file type LLaMA-Factory loads ({', '.join(FILEEXT2TYPE)})"
+        )
+    if len(kinds) > 1:
+        raise DatasetError(f"dataset '{name}': the files in {local} must all be of one type")
+    return files
+
+
+def _cache_path() -> Path:
+    from wrapper.home import home
+
+    return home() / "cache" / "data-check.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
+
+
+def _write_cache(cache: dict[str, Any]) -> None:
+    path = _cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.write_text(json.dumps(cache), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _cache_key(path: Path, spec: Spec) -> str:
+    stat = path.stat()
+    what = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, repr(spec)]
+    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()
+
+
+def check_dataset(
+    name: str,
+    entry: dict[str, Any],
+    dataset_dir: Path,
+    *,
+    stage: str | None,
+    media_dir: Path | None,
+    file: str,
+    line: int | None,
+    use_cache: bool = True,
+) -> list[Problem]:
+    """Problems of one dataset's rows (errors carry row numbers), reported at `file`:`line`."""
+    source = entry_source(entry)
+    if source != "file":
+        where = (
+            entry.get("hf_hub_url")
+            or entry.get("ms_hub_url")
+            or entry.get("om_hub_url")
+            or entry.get("script_url")
+            or entry.get("cloud_file_name")
+        )
+        note = f"dataset '{name}' is loaded from {source} ({where}); its rows can't be checked offline"
+        return [Problem(note, file, line, "warning")]
+    try:
+        files = data_files(name, entry, dataset_dir)
+    except DatasetError as exc:
+        return [Problem(str(exc), file, line)]
+    spec = spec_for_entry(entry, stage=stage, media_dir=media_dir)
+    cache = _read_cache() if use_cache else {}
+    entries = cache.setdefault("entries", {})
+    problems: list[Problem] = []
+    changed = False
+    for path in files:
+        if path.suffix.lower() not in (".json", ".jsonl"):
+            kind = FILEEXT2TYPE[path.suffix[1:]]
+            message = f"dataset '{name}': {path.name} is {kind}; lfwrap checks the rows of JSON / JSONL only"
+            problems.append(Problem(message, file, line, "warning"))
+            continue
+        key = _cache_key(path, spec)
+        found = entries.get(key)
+        if found is None:
+            report = check_file(path, spec=spec, max_errors=MAX_ERRORS)
+            rows = [[problem.line, str(problem)] for problem in report.problems]
+            if report.bad_rows > MAX_ERRORS:
+                rows.append([None, f"... and {report.bad_rows - MAX_ERRORS} more bad row(s)"])
+            if report.fatal:
+                rows.append([None, f"stopped: {report.fatal}"])
+            found = {
+                "rows": report.rows,
+                "bad": report.bad_rows,
+                "fatal": bool(report.fatal),
+                "problems": rows,
+            }
+            entries[key] = found
+            changed = True
+        if found["bad"] or found["fatal"]:
+            what = f"{found['bad']} bad row(s) of {found['rows']}" if found["bad"] else "a syntax error"
+            summary = (
+                f"dataset '{name}' ({spec.kind}): {path} has {what}, which LLaMA-Factory would skip or fail "
+                "on; fix the rows listed (or pass --no-data-check)"
+            )
+            problems.append(Problem(summary, file, line))
+            problems += [Problem(text, str(path), at) for at, text in found["problems"]]
+    if changed and use_cache:
+        cache["version"] = CACHE_VERSION
+        if len(entries) > 1000:  # keep the file small: the newest results win
+            cache["entries"] = dict(list(entries.items())[-500:])
+        _write_cache(cache)
+    return problems

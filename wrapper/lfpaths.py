@@ -192,6 +192,8 @@ def absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     raw_dir = data.get("dataset_dir")
     if not (isinstance(raw_dir, str) and (raw_dir == "ONLINE" or raw_dir.startswith("REMOTE:"))):
         out["dataset_dir"] = str(dataset_dir(data, base_dir))
+        # media files stay where they are when the data files are copied into a run
+        out["media_dir"] = str(media_dir(data, base_dir))
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and value and not value.lstrip().startswith("{"):

@@ -51,12 +51,12 @@ def spec_from_rows(rows: list[Any]) -> tuple[Spec, str] | None:
             {},
         )
         formatting = "sharegpt" if "from" in first or "value" in first else "openai"
-        if messages != ("conversations" if formatting == "sharegpt" else "messages"):
-            columns["messages"] = messages
         if formatting == "openai" and kto:
             # LLaMA-Factory's kto demo: sharegpt formatting with role/content tags
             formatting = "sharegpt"
             tags.update(role_tag="role", content_tag="content", user_tag="user", assistant_tag="assistant")
+        if messages != ("conversations" if formatting == "sharegpt" else "messages"):
+            columns["messages"] = messages
         spec = make_spec(formatting, ranking=ranking, columns=columns, tags=tags)
         return spec, _describe(spec, columns, tags)
     if keys & {"instruction", "input", "output"} or ranking:

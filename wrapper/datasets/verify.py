@@ -85,6 +85,32 @@ def data_files(name: str, entry: dict[str, Any], dataset_dir: Path) -> list[Path
     return files
 
 
+def registered_entry(name: str, dataset_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    """The entry of dataset `name` in dataset_dir's dataset_info.json (default: lfwrap's registry) and the
+    folder its file_name is relative to; DatasetError with "did you mean" when it is not there."""
+    from wrapper.datasets.info import did_you_mean, read_dataset_info
+
+    if dataset_dir is None:
+        from wrapper.datasets.registry import merged_entries
+        from wrapper.home import user_datasets_dir
+
+        entries, folder, where = merged_entries(), user_datasets_dir(), "lfwrap's datasets"
+    else:
+        folder = dataset_dir.expanduser().resolve()
+        info_path = folder / "dataset_info.json"
+        if not info_path.is_file():
+            raise DatasetError(
+                f"No dataset_info.json in {folder}; point --dataset-dir at the folder holding it."
+            )
+        entries, where = read_dataset_info(info_path), str(info_path)
+    if name not in entries:
+        raise DatasetError(
+            f"Dataset '{name}' is not in {where}{did_you_mean(name, list(entries))}; "
+            "see `lfwrap data list` or pass --dataset-dir."
+        )
+    return entries[name], folder
+
+
 def _cache_path() -> Path:
     from wrapper.home import home
 

@@ -51,7 +51,8 @@ def copy_datasets(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from wrapper.validate import split_names
 
     names = [name for key in DATASET_KEYS for name in split_names(config.get(key))]
-    if not names:
+    remote = str(config.get("dataset_dir") or "")
+    if not names or remote == "ONLINE" or remote.startswith("REMOTE:"):  # hub datasets: nothing to copy
         return config
     source_dir = Path(str(config.get("dataset_dir") or prepare_dataset_dir())).expanduser()
     info = read_dataset_info(source_dir / "dataset_info.json")

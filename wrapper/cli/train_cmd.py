@@ -21,7 +21,8 @@ and launch LLaMA-Factory.
 
 --config FILE takes any LLaMA-Factory training YAML instead of a template (not both): relative paths
 in it are taken from the working directory, as llamafactory-cli does, and the run records them as
-absolute paths. --set overrides its keys, as `llamafactory-cli train FILE key=value` would.
+absolute paths. --set overrides its keys, as `llamafactory-cli train FILE key=value` would. Like a
+template run, it writes to the run's own output folder unless --set output_dir=DIR is given.
 Every row of the local datasets the config names is checked first (--no-data-check skips that).
 
 The run lives in $LFWRAP_HOME/runs/NAME: config.yaml (the exact file LLaMA-Factory gets),
@@ -178,6 +179,12 @@ def _create(
         config, problems = load_user_config(config_file, overrides, data_check=data_check)
         for problem in problems:
             click.echo(f"  {problem}", err=True)
+        if config.get("output_dir") and not any(item.startswith("output_dir=") for item in overrides):
+            click.echo(
+                "Note: the run writes to its own output folder instead of output_dir "
+                f"{config['output_dir']}; --set output_dir=DIR keeps a folder of your choice.",
+                err=True,
+            )
         run_name: str | None = name or runs.default_run_name(config_file.stem.lstrip("-_.") or "run")
     else:
         assert template is not None

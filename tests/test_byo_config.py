@@ -227,3 +227,17 @@ def test_templates_list_shows_ppo_status(lfwrap) -> None:
     proc = lfwrap("templates", check=True)
     line = next(line for line in proc.stdout.splitlines() if line.startswith("ppo_lora"))
     assert "UNAVAILABLE" in line and "dpo_lora or kto_lora" in line
+
+
+def test_dataset_info_keys_llamafactory_ignores_warn_but_typos_are_errors(repo: Path) -> None:
+    info = json.loads((repo / "data" / "dataset_info.json").read_text())
+    info["identity"]["description"] = "my own note"  # LLaMA-Factory ignores it: accepted
+    (repo / "data" / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    config = Path("examples/train_lora/llama3_lora_sft.yaml")
+    problems = check(config)
+    assert [(p.severity, p.message) for p in problems] == [
+        ("warning", "dataset 'identity': unknown key 'description' (LLaMA-Factory ignores it)")]
+    info["identity"]["formating"] = "alpaca"  # a typo of a real key: refused
+    (repo / "data" / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    assert any("unknown key 'formating' (did you mean 'formatting'?)" in p.message
+               for p in check(config) if p.severity == "error")

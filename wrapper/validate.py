@@ -331,7 +331,7 @@ def _check_datasets(
                 where,
             )
         ]
-    from wrapper.datasets.info import read_dataset_info  # pydantic: only when datasets are named
+    from wrapper.datasets.info import read_dataset_info_checked  # pydantic: only when datasets are named
 
     dataset_dir = lfpaths.dataset_dir(data, base_dir)
     info_path = dataset_dir / "dataset_info.json"
@@ -345,10 +345,9 @@ def _check_datasets(
             )
         ]
     try:
-        info = read_dataset_info(info_path)
+        info, problems = read_dataset_info_checked(info_path)
     except DatasetError as exc:
         return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
-    problems = []
     stage = data.get("stage") if config_kind(data) == "train" else None
     checked: set[str] = set()
     for key, name in used:

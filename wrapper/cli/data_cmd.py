@@ -127,9 +127,11 @@ def check(
     if dataset_dir:
         raise UsageError("--dataset-dir only applies with --dataset NAME.")
     if file.name == "dataset_info.json":  # the registry file itself: check its entries instead of rows
-        from wrapper.datasets.info import read_dataset_info
+        from wrapper.datasets.info import read_dataset_info_checked
 
-        entries = read_dataset_info(file)
+        entries, warnings = read_dataset_info_checked(file)
+        for warning in warnings:
+            click.echo(str(warning))
         click.echo(f"{file}: {len(entries)} dataset(s), every entry valid")
         return
     if flags:

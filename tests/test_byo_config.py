@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +244,46 @@ def test_dataset_info_keys_llamafactory_ignores_warn_but_typos_are_errors(repo: 
     (repo / "data" / "dataset_info.json").write_text(json.dumps(info, indent=2))
     assert any("unknown key 'formating' (did you mean 'formatting'?)" in p.message
                for p in check(config) if p.severity == "error")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="needs the `local` extra")
+def test_rows_over_cutoff_len_are_reported_with_the_local_tokenizer(repo: Path, tiny_model: Path, lfwrap):
+    from tokenizers import Tokenizer
+
+    text = (repo / "examples/train_lora/llama3_lora_sft.yaml").read_text()
+    text = text.replace("meta-llama/Meta-Llama-3-8B-Instruct", str(tiny_model))
+    text = text.replace("cutoff_len: 2048", "")
+    (repo / "short.yaml").write_text(text + "cutoff_len: 40\n")
+    warnings = [p.message for p in check(repo / "short.yaml") if p.severity == "warning"]
+    encoder = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
+    rows = json.loads((repo / "data" / "alpaca_en_demo.json").read_text())
+    texts = ["\n".join([row["instruction"], row["output"]]) for row in rows]
+    lengths = sorted(len(encoder.encode(text, add_special_tokens=False).ids) for text in texts)
+    over = sum(length > 40 for length in lengths)
+    assert over and f"dataset 'alpaca_en_demo': {over} of 3 rows" in " ".join(warnings)
+    assert f"max {lengths[-1]}" in " ".join(warnings)
+    (repo / "long.yaml").write_text(text + "cutoff_len: 4096\n")
+    assert not any("exceed cutoff_len" in p.message for p in check(repo / "long.yaml"))
+    proc = lfwrap("data", "check", "data/alpaca_en_demo.json", "--model", str(tiny_model),
+                  "--cutoff-len", "40")
+    assert f"{over} of 3 rows" in proc.stdout.splitlines()[-1]
+
+
+def test_validate_without_a_local_tokenizer_never_imports_one(repo: Path) -> None:
+    code = ("import sys; from pathlib import Path; from wrapper.validate import validate_file; "
+            "validate_file(Path('examples/train_lora/llama3_lora_sft.yaml'), data_check=True); "
+            "print(sorted(m for m in ('tokenizers', 'transformers', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_missing_deepspeed_file_is_refused(repo: Path, monkeypatch) -> None:
+    config = Path("examples/train_lora/llama3_lora_sft_ds3.yaml")
+    assert errors(config) == []
+    monkeypatch.chdir(repo / "examples")
+    (repo / "examples" / "data").symlink_to(repo / "data")  # datasets found, the DeepSpeed file not
+    assert errors(Path("train_lora/llama3_lora_sft_ds3.yaml")) == [
+        f"`deepspeed: examples/deepspeed/ds_z3_config.json`: no such file "
+        f"({repo / 'examples' / 'examples/deepspeed/ds_z3_config.json'}); relative paths are taken from the "
+        "working directory, as llamafactory-cli does"
+    ]

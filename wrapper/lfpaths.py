@@ -150,15 +150,11 @@ def _offline() -> bool:
 
 
 def model_problems(data: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:
-    """Local model/adapter paths that do not exist, and (HF_HUB_OFFLINE=1) hub ids not in the cache."""
+    """Local model/adapter/DeepSpeed paths that do not exist, and (HF_HUB_OFFLINE=1) hub ids not in the
+    local cache (not judged when models come from ModelScope or Modelers: their ids differ)."""
     found: list[tuple[str, str]] = []
-    if (
-        data.get("use_modelscope_hub")
-        or os.environ.get("USE_MODELSCOPE_HUB")
-        or os.environ.get("USE_OPENMIND_HUB")
-    ):
-        return found
-    for key in MODEL_KEYS:
+    other_hub = os.environ.get("USE_MODELSCOPE_HUB") or os.environ.get("USE_OPENMIND_HUB")
+    for key in MODEL_KEYS if not other_hub else ():
         raw = data.get(key)
         if not isinstance(raw, str) or not raw.strip():
             continue
@@ -182,6 +178,17 @@ def model_problems(data: dict[str, Any], base_dir: Path) -> list[tuple[str, str]
                         "forbids downloading it; download it first or point at a local folder",
                     )
                 )
+    deepspeed = data.get("deepspeed")
+    if isinstance(deepspeed, str) and deepspeed.strip() and not deepspeed.lstrip().startswith("{"):
+        path = resolve(deepspeed, base_dir)
+        if not path.is_file():
+            found.append(
+                (
+                    "deepspeed",
+                    f"`deepspeed: {deepspeed}`: no such file ({path}); relative paths are taken from the "
+                    "working directory, as llamafactory-cli does",
+                )
+            )
     return found
 
 

@@ -47,6 +47,7 @@ PPO_REFUSED = (
 )
 TRAIN_REQUIRED = ("stage", "model_name_or_path", "output_dir", "finetuning_type")
 DEFAULT_DATASET_DIR = lfpaths.DEFAULT_DATASET_DIR  # relative to where LLaMA-Factory runs
+DEFAULT_CUTOFF_LEN = 2048  # DataArguments.cutoff_len's default
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
 
 
@@ -350,6 +351,16 @@ def _check_datasets(
         return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
     stage = data.get("stage") if config_kind(data) == "train" else None
     checked: set[str] = set()
+    tokenizer = cutoff_len = None
+    if data_check and stage != "pt":  # pt packs text into blocks: nothing is cut off
+        from wrapper.datasets.lengths import tokenizer_file
+
+        model = data.get("model_name_or_path")
+        tokenizer = tokenizer_file(str(lfpaths.resolve(model, base_dir)) if isinstance(model, str) else None)
+        raw_cutoff = data.get("cutoff_len", DEFAULT_CUTOFF_LEN)
+        cutoff_len = raw_cutoff if isinstance(raw_cutoff, int) and not isinstance(raw_cutoff, bool) else None
+        if cutoff_len is None:
+            tokenizer = None
     for key, name in used:
         entry = info.get(name)
         if entry is None:
@@ -374,6 +385,8 @@ def _check_datasets(
                 file=at.file,
                 line=at.lines.get(key, 1),
                 use_cache=use_cache,
+                tokenizer=tokenizer,
+                cutoff_len=cutoff_len or DEFAULT_CUTOFF_LEN,
             )
     return problems
 

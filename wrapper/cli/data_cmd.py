@@ -66,7 +66,9 @@ message first, then human/gpt turns alternating; openai rows need messages with 
 pt rows need their text column; kto_tag must be true or false. In a JSON array, a row that is not
 valid JSON is reported and the check goes on at the next row when rows start their own lines (as
 json.dump with indent writes them). A file named dataset_info.json is checked as LLaMA-Factory's
-dataset registry instead (unknown keys, column and tag names, with "did you mean").
+dataset registry instead (unknown keys, column and tag names, with "did you mean"). With --model (a
+local model folder), rows longer than --cutoff-len tokens are counted, with length percentiles:
+LLaMA-Factory truncates them silently.
 """,
     epilog="""\b
 Examples:
@@ -76,6 +78,7 @@ Examples:
   $ lfwrap data check qa.jsonl --columns prompt=question,response=answer
   $ lfwrap data check corpus.jsonl --pt --columns prompt=text
   $ lfwrap data check --dataset dpo_en_demo --dataset-dir LLaMA-Factory/data
+  $ lfwrap data check qa.jsonl --model ~/.lfwrap/models/tiny-llama --cutoff-len 128
   $ lfwrap data check my_data/dataset_info.json
 """,
 )
@@ -97,6 +100,14 @@ Examples:
     show_default=True,
     help="How many bad rows to list.",
 )
+@click.option("--model", metavar="DIR", help="Local model folder: count tokens with its tokenizer.")
+@click.option(
+    "--cutoff-len",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="With --model: rows longer than this many tokens are reported (LLaMA-Factory truncates them).",
+)
 def check(
     file: Path | None,
     formatting: str | None,
@@ -107,6 +118,8 @@ def check(
     columns: tuple[str, ...],
     tags: tuple[str, ...],
     max_errors: int,
+    model: str | None,
+    cutoff_len: int,
 ) -> None:
     from wrapper.datasets.add import parse_pairs
     from wrapper.datasets.check import CheckReport, check_file, format_report
@@ -120,7 +133,7 @@ def check(
             raise UsageError(
                 "--dataset checks a dataset with its own entry; drop FILE and the format options."
             )
-        _check_registered(dataset, dataset_dir, max_errors)
+        _check_registered(dataset, dataset_dir, max_errors, model, cutoff_len)
         return
     if file is None:
         raise UsageError("Give a data FILE to check, or --dataset NAME for a registered dataset.")
@@ -153,12 +166,31 @@ def check(
     report: CheckReport = check_file(file, spec=spec, max_errors=max_errors)
     for line in format_report(report, max_errors):
         click.echo(line)
+    if model:
+        _report_lengths([file], spec, model, cutoff_len)
     if not report.ok:
         what = f"{report.bad_rows} bad row(s) of {report.rows}" if report.bad_rows else "a syntax error"
         raise DatasetError(f"{file} has {what}; fix the rows listed above and check again.")
 
 
-def _check_registered(name: str, dataset_dir: Path | None, max_errors: int) -> None:
+def _report_lengths(paths: list[Path], spec: Any, model: str, cutoff_len: int) -> None:
+    from wrapper.datasets.lengths import token_lengths, tokenizer_file
+    from wrapper.errors import UsageError
+
+    tokenizer = tokenizer_file(model)
+    if tokenizer is None:
+        raise UsageError(
+            f"--model {model}: no tokenizer.json there; give a local model folder with a fast tokenizer."
+        )
+    report = token_lengths(paths, spec, tokenizer, cutoff_len=cutoff_len)
+    if report is None:
+        raise UsageError("--model needs the `tokenizers` package; install lfwrap's `local` extra.")
+    click.echo(report.summary())
+
+
+def _check_registered(
+    name: str, dataset_dir: Path | None, max_errors: int, model: str | None, cutoff_len: int
+) -> None:
     from wrapper.datasets.check import check_file, format_report
     from wrapper.datasets.verify import data_files, entry_source, registered_entry, spec_for_entry
     from wrapper.errors import DatasetError
@@ -171,6 +203,7 @@ def _check_registered(name: str, dataset_dir: Path | None, max_errors: int) -> N
     spec = spec_for_entry(entry, stage=None, media_dir=folder)
     click.echo(f"Dataset '{name}': {spec.kind}, as its entry in {folder / 'dataset_info.json'} says.")
     bad = 0
+    checked: list[Path] = []
     for path in data_files(name, entry, folder):
         if path.suffix.lower() not in (".json", ".jsonl"):
             click.echo(f"{path}: {path.suffix[1:]} file; lfwrap checks the rows of JSON / JSONL only")
@@ -179,6 +212,9 @@ def _check_registered(name: str, dataset_dir: Path | None, max_errors: int) -> N
         for line in format_report(report, max_errors):
             click.echo(line)
         bad += report.bad_rows + (1 if report.fatal else 0)
+        checked.append(path)
+    if model and checked:
+        _report_lengths(checked, spec, model, cutoff_len)
     if bad:
         raise DatasetError(f"Dataset '{name}' has bad rows; fix the rows listed above and check again.")
 

@@ -250,6 +250,15 @@ def check_file(
     return report
 
 
+def iter_rows(path: Path) -> Iterator[Any]:
+    """Every row of a JSON / JSONL file that decodes, streamed."""
+    report = CheckReport(path=path, formatting="")
+    rows = _jsonl_rows(path) if _is_jsonl(path) else _array_rows(path, report)
+    for value, _line, error in rows:
+        if error is None:
+            yield value
+
+
 def head_rows(path: Path, count: int) -> list[Any]:
     """The first `count` rows of a JSON / JSONL file that decode (for format detection)."""
     report = CheckReport(path=path, formatting="")

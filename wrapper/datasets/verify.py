@@ -31,7 +31,8 @@ FILEEXT2TYPE = {
 }
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "cloud_file_name")
 MAX_ERRORS = 10
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+TRUNCATED_WARN_SHARE = 0.01  # warn when more than 1% of a dataset's rows exceed cutoff_len
 
 
 def spec_for_entry(entry: dict[str, Any], *, stage: str | None, media_dir: Path | None) -> Spec:
@@ -139,6 +140,24 @@ def _cache_key(path: Path, spec: Spec) -> str:
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()
 
 
+def _lengths(
+    entries: dict[str, Any], files: list[Path], spec: Spec, tokenizer: Path, cutoff_len: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """Token-length figures (cached like the row verdicts, keyed also by tokenizer file and cutoff_len)."""
+    from wrapper.datasets.lengths import token_lengths
+
+    stat = tokenizer.stat()
+    parts = [_cache_key(path, spec) for path in files] + [str(tokenizer), stat.st_mtime_ns, cutoff_len]
+    key = "lengths:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    if key in entries:
+        return entries[key], False
+    report = token_lengths(files, spec, tokenizer, cutoff_len=cutoff_len)
+    if report is None:
+        return None, False
+    entries[key] = {"rows": report.rows, "over": report.over, "percentiles": report.percentiles}
+    return entries[key], True
+
+
 def check_dataset(
     name: str,
     entry: dict[str, Any],
@@ -149,8 +168,11 @@ def check_dataset(
     file: str,
     line: int | None,
     use_cache: bool = True,
+    tokenizer: Path | None = None,
+    cutoff_len: int = 2048,
 ) -> list[Problem]:
-    """Problems of one dataset's rows (errors carry row numbers), reported at `file`:`line`."""
+    """Problems of one dataset's rows (errors carry row numbers), reported at `file`:`line`; with a local
+    `tokenizer` (tokenizer.json), a warning when many rows exceed `cutoff_len` tokens."""
     source = entry_source(entry)
     if source != "file":
         where = (
@@ -202,6 +224,23 @@ def check_dataset(
             )
             problems.append(Problem(summary, file, line))
             problems += [Problem(text, str(path), at) for at, text in found["problems"]]
+    json_files = [path for path in files if path.suffix.lower() in (".json", ".jsonl")]
+    if tokenizer is not None and json_files and not problems:
+        lengths, fresh = _lengths(entries, json_files, spec, tokenizer, cutoff_len)
+        changed = changed or fresh
+        if lengths and lengths["rows"] and lengths["over"] / lengths["rows"] > TRUNCATED_WARN_SHARE:
+            from wrapper.datasets.lengths import LengthReport
+
+            figures = LengthReport(lengths["rows"], lengths["over"], cutoff_len, lengths["percentiles"])
+            problems.append(
+                Problem(
+                    f"dataset '{name}': {figures.summary()} (LLaMA-Factory does so silently); raise "
+                    "cutoff_len or shorten the rows",
+                    file,
+                    line,
+                    "warning",
+                )
+            )
     if changed and use_cache:
         cache["version"] = CACHE_VERSION
         if len(entries) > 1000:  # keep the file small: the newest results win

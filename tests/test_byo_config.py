@@ -287,3 +287,19 @@ def test_a_missing_deepspeed_file_is_refused(repo: Path, monkeypatch) -> None:
         f"({repo / 'examples' / 'examples/deepspeed/ds_z3_config.json'}); relative paths are taken from the "
         "working directory, as llamafactory-cli does"
     ]
+
+
+def test_train_config_plans_for_docker_and_distributed_flags(lfwrap, repo: Path) -> None:
+    proc = lfwrap("train", "--config", "examples/train_lora/llama3_lora_sft.yaml", "--backend", "docker",
+                  "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "dataset_dir: /app/run\n" in proc.stdout and "output_dir: /app/run/output\n" in proc.stdout
+    assert "# container spec (Engine API POST /containers/create)" in proc.stdout
+    proc = lfwrap("train", "--config", "examples/train_lora/llama3_lora_sft.yaml", "--gpus", "none",
+                  "--nproc-per-node", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "FORCE_TORCHRUN=1" in proc.stdout and "NPROC_PER_NODE=2" in proc.stdout
+    # images outside $LFWRAP_HOME are not mounted into a container: one sentence says so
+    proc = lfwrap("train", "--config", "examples/train_lora/qwen2vl_lora_sft.yaml", "--backend", "docker",
+                  "--dry-run")
+    assert proc.returncode == 1 and f"Refusing to mount {repo / 'data'} into the container" in proc.stderr

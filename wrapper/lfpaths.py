@@ -12,6 +12,7 @@ config's folder: its README runs `llamafactory-cli train examples/...yaml` from 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,24 @@ def model_problems(data: dict[str, Any], base_dir: Path) -> list[tuple[str, str]
     return found
 
 
+def uses_media(data: dict[str, Any], base_dir: Path) -> bool:
+    """Whether a dataset the config names has an images/videos/audios column in its dataset_info entry."""
+    names: list[str] = []
+    for key in ("dataset", "eval_dataset"):
+        value = data.get(key)
+        items = value if isinstance(value, list) else str(value or "").split(",")
+        names += [str(item).strip() for item in items]
+    try:
+        info = json.loads((dataset_dir(data, base_dir) / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    entries = [info.get(str(name)) for name in names if name and isinstance(info, dict)]
+    return any(
+        isinstance(entry, dict) and set(entry.get("columns") or {}) & {"images", "videos", "audios"}
+        for entry in entries
+    )
+
+
 def absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """The config with every relative local path made absolute against `base_dir` (the working directory
     llamafactory-cli would run in), so the run can be launched, resumed or served from anywhere."""
@@ -199,8 +218,9 @@ def absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     raw_dir = data.get("dataset_dir")
     if not (isinstance(raw_dir, str) and (raw_dir == "ONLINE" or raw_dir.startswith("REMOTE:"))):
         out["dataset_dir"] = str(dataset_dir(data, base_dir))
-        # media files stay where they are when the data files are copied into a run
-        out["media_dir"] = str(media_dir(data, base_dir))
+        if data.get("media_dir") or uses_media(data, base_dir):
+            # media files stay where they are when the data files are copied into a run
+            out["media_dir"] = str(media_dir(data, base_dir))
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and value and not value.lstrip().startswith("{"):

@@ -452,6 +452,7 @@ CONFIG_PATH_KEYS = (
     "resume_from_checkpoint",
     "logging_dir",
     "tokenized_path",
+    "media_dir",
 )
 
 

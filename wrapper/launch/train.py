@@ -163,12 +163,16 @@ def _docker_paths(
 
 
 def model_mounts(config: dict[str, Any], folder: Path) -> list[Any]:
-    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME) for the config's local model
-    and adapter folders that lie outside `folder` (which the container sees as /app/run anyway)."""
+    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME, /app/media/NAME) for the config's
+    local model, adapter and media folders that lie outside `folder` (the container's /app/run)."""
     from wrapper.launch.docker_backend import Mount
 
     mounts = []
-    for key, parent in (("model_name_or_path", "/app/models"), ("adapter_name_or_path", "/app/adapters")):
+    for key, parent in (
+        ("model_name_or_path", "/app/models"),
+        ("adapter_name_or_path", "/app/adapters"),
+        ("media_dir", "/app/media"),  # images/videos/audios a config's datasets name
+    ):
         value = str(config.get(key) or "")
         if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
             mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))

@@ -42,6 +42,8 @@ def test_upstream_examples_validate_from_the_repo_root(repo: Path, config: Path)
     found = errors(Path("examples/train_lora") / config.name)
     if config.name == "llama3_lora_ppo.yaml":
         assert len(found) == 1 and found[0].startswith(PPO) and "dpo_lora or kto_lora" in found[0]
+    elif config.name == "llama3_lora_eval.yaml":  # llamafactory-cli eval: NotImplementedError in 0.9.5
+        assert len(found) == 1 and "is a benchmark config for `llamafactory-cli eval`" in found[0]
     else:
         assert found == []
 

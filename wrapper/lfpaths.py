@@ -101,6 +101,12 @@ def foreign_config(data: dict[str, Any], file: str = "the file") -> str | None:
             "`USE_V1=1 llamafactory-cli` reads and lfwrap does not launch; write it with the v0 keys "
             "(model_name_or_path, stage, finetuning_type, dataset), e.g. from `lfwrap render -t sft_lora`"
         )
+    if "task" in keys and keys & {"task_dir", "n_shot", "lang", "save_dir"} and "stage" not in keys:
+        return (
+            f"{file} is a benchmark config for `llamafactory-cli eval` (task, n_shot ...), which "
+            "LLaMA-Factory 0.9.5 refuses (NotImplementedError); evaluate with a training config that sets "
+            "do_predict: true, predict_with_generate: true and eval_dataset"
+        )
     mca = sorted(keys & _MCA)
     if mca:
         return (

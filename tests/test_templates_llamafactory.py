@@ -70,6 +70,7 @@ LORA_TRAIN = ["sft_lora", "sft_qlora", "pt_lora", "dpo_lora", "kto_lora", "rm_lo
 def _configs(tiny_model: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
     model = {"model_name_or_path": str(tiny_model), "template": "default"}
     adapter = str(tmp_path / "adapter")
+    (tmp_path / "adapter").mkdir(exist_ok=True)  # a missing local adapter is refused before LLaMA-Factory
     cases: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         name: (name, [], {"output_dir": str(tmp_path / name)}) for name in LORA_TRAIN
     }

@@ -305,3 +305,13 @@ def test_train_config_plans_for_docker_and_distributed_flags(lfwrap, repo: Path)
     proc = lfwrap("train", "--config", "examples/train_lora/qwen2vl_lora_sft.yaml", "--backend", "docker",
                   "--dry-run")
     assert proc.returncode == 1 and f"Refusing to mount {repo / 'data'} into the container" in proc.stderr
+
+
+def test_fields_llamafactory_ignores_pass_validate_but_data_check_hints_at_typos(repo: Path, lfwrap) -> None:
+    data = repo / "data" / "alpaca_en_demo.json"
+    rows = json.loads(data.read_text())
+    rows[0]["outputs"] = "an extra field of my own"  # not mapped: LLaMA-Factory ignores it
+    data.write_text(json.dumps(rows, indent=2))
+    assert errors(Path("examples/train_lora/llama3_lora_sft.yaml")) == []
+    proc = lfwrap("data", "check", "data/alpaca_en_demo.json")
+    assert proc.returncode == 1 and "'outputs' unknown field (did you mean 'output'?)" in proc.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ SPECS = [
     make_spec("sharegpt", columns={"messages": "messages", "kto_tag": "label"}, tags={"role_tag": "role"}),
     make_spec("openai"),
     make_spec("openai", ranking=True),
+    make_spec("sharegpt", columns={"images": "images"}, media_dir=Path("/nonexistent"), typo_fields=False),
 ]
 ROLES = ["human", "gpt", "system", "observation", "function_call", "user", "assistant", "tool", "function",
          "x"]

@@ -98,7 +98,10 @@ class Spec:
 
     `pt`: pre-training text (stage pt): only the prompt column (e.g. `text`) is used.
     `kto`: every row needs a boolean kto_tag (the entry names a kto_tag column).
-    `media_dir`: where relative image/video/audio paths are looked up (None: not checked).
+    `media_dir`: where relative image/video/audio paths are looked up (None: not checked); only the
+    media columns the entry maps (`media`) are read, as LLaMA-Factory does.
+    `typo_fields`: report a field that looks like a misspelt column ("outptu"); LLaMA-Factory itself
+    ignores unknown fields, so checks of a registered dataset turn this off.
     """
 
     formatting: str = "alpaca"
@@ -108,6 +111,8 @@ class Spec:
     columns: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     media_dir: Path | None = None
+    media: tuple[str, ...] = ()
+    typo_fields: bool = True
 
     @property
     def kind(self) -> str:
@@ -126,12 +131,14 @@ def make_spec(
     columns: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
     media_dir: Path | None = None,
+    typo_fields: bool = True,
 ) -> Spec:
     base_columns, base_tags = defaults(formatting)
     kto = bool(columns and columns.get("kto_tag"))
     base_columns.update({key: value for key, value in (columns or {}).items() if value})
     base_tags.update({key: value for key, value in (tags or {}).items() if value})
-    return Spec(formatting, ranking, kto, pt, base_columns, base_tags, media_dir)
+    media = tuple(kind for kind in MEDIA_COLUMNS if (columns or {}).get(kind))
+    return Spec(formatting, ranking, kto, pt, base_columns, base_tags, media_dir, media, typo_fields)
 
 
 def _unknown_keys(row: dict, known: frozenset[str], cache: dict[str, str]) -> Iterator[Finding]:
@@ -151,7 +158,7 @@ def _media(row: dict, spec: Spec) -> Iterator[Finding]:
     to open them mid-training)."""
     if spec.media_dir is None:
         return
-    for kind in MEDIA_COLUMNS:
+    for kind in spec.media:
         name = spec.columns[kind]
         value = row.get(name)
         if value is None:
@@ -253,7 +260,8 @@ def _alpaca_rules(spec: Spec) -> Rules:
                         yield f"{history}[{index}]", message
         yield from _kto(row, spec)
         yield from _media(row, spec)
-        yield from _unknown_keys(row, known, hints)
+        if spec.typo_fields:
+            yield from _unknown_keys(row, known, hints)
 
     return rules
 
@@ -373,7 +381,8 @@ def _messages_rules(spec: Spec) -> Rules:
             yield system, f"expected a string, got {describe(value)}"
         yield from _kto(row, spec)
         yield from _media(row, spec)
-        yield from _unknown_keys(row, known, hints)
+        if spec.typo_fields:
+            yield from _unknown_keys(row, known, hints)
 
     return rules
 

@@ -50,6 +50,7 @@ def spec_for_entry(entry: dict[str, Any], *, stage: str | None, media_dir: Path 
         columns=columns,
         tags=entry.get("tags") or {},
         media_dir=media_dir,
+        typo_fields=False,  # LLaMA-Factory ignores fields it does not map
     )
 
 
@@ -199,8 +200,9 @@ def check_dataset(
             message = f"dataset '{name}': {path.name} is {kind}; lfwrap checks the rows of JSON / JSONL only"
             problems.append(Problem(message, file, line, "warning"))
             continue
-        key = _cache_key(path, spec)
-        found = entries.get(key)
+        # media files can appear or vanish without the data file changing: those verdicts are not kept
+        key = _cache_key(path, spec) if not spec.media else None
+        found = entries.get(key) if key else None
         if found is None:
             report = check_file(path, spec=spec, max_errors=MAX_ERRORS)
             rows = [[problem.line, str(problem)] for problem in report.problems]
@@ -214,8 +216,9 @@ def check_dataset(
                 "fatal": bool(report.fatal),
                 "problems": rows,
             }
-            entries[key] = found
-            changed = True
+            if key:
+                entries[key] = found
+                changed = True
         if found["bad"] or found["fatal"]:
             what = f"{found['bad']} bad row(s) of {found['rows']}" if found["bad"] else "a syntax error"
             summary = (

@@ -15,6 +15,14 @@ from wrapper.validate import validate_file
 
 UPSTREAM = Path(__file__).resolve().parent / "fixtures" / "upstream"
 TRAIN_LORA = sorted((UPSTREAM / "examples" / "train_lora").glob("*.yaml"))
+OTHERS = [
+    UPSTREAM / "examples" / name
+    for name in (
+        "train_full/llama3_full_sft.yaml",
+        "inference/llama3_lora_sft.yaml",
+        "merge_lora/llama3_lora_sft.yaml",
+    )
+]
 PPO = "stage ppo cannot run with LLaMA-Factory 0.9.5"
 
 
@@ -46,6 +54,11 @@ def test_upstream_examples_validate_from_the_repo_root(repo: Path, config: Path)
         assert len(found) == 1 and "is a benchmark config for `llamafactory-cli eval`" in found[0]
     else:
         assert found == []
+
+
+@pytest.mark.parametrize("config", OTHERS, ids=[path.parent.name for path in OTHERS])
+def test_upstream_full_inference_and_merge_examples_validate(repo: Path, config: Path) -> None:
+    assert errors(config.relative_to(UPSTREAM)) == []
 
 
 def test_relative_dataset_dir_is_taken_from_the_working_directory(repo: Path, monkeypatch) -> None:

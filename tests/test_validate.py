@@ -56,8 +56,9 @@ CASES = [
          "cosine_warmup_with_min_lr, warmup_stable_decay, greedy; got 'cosin' (did you mean `cosine`?)"),
     ]),
     ("missing_train_keys.yaml", [
-        (4, "error", "missing `output_dir`, required for training (stage sft)"),
-        (4, "error", "missing `finetuning_type`, required for training (stage sft)"),
+        (4, "warning", "no `finetuning_type`: LLaMA-Factory uses lora; name it"),
+        (4, "warning", "no `output_dir`: LLaMA-Factory uses transformers' default `trainer_output` in the "
+         "working directory; name it"),
         (4, "error", "missing `dataset`, required for training (stage sft)"),
     ]),
     ("ppo_no_reward.yaml", [

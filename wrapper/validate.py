@@ -45,7 +45,12 @@ PPO_REFUSED = (
     "requires trl>=0.18, so it fails at launch; train preferences with the dpo_lora or kto_lora template "
     "(stage dpo or kto) instead"
 )
-TRAIN_REQUIRED = ("stage", "model_name_or_path", "output_dir", "finetuning_type")
+# Training keys with a default in LLaMA-Factory 0.9.5 / transformers: missing is accepted, with a warning.
+TRAIN_DEFAULTS = {
+    "stage": "stage sft",
+    "finetuning_type": "lora",
+    "output_dir": "transformers' default `trainer_output` in the working directory",
+}
 DEFAULT_DATASET_DIR = lfpaths.DEFAULT_DATASET_DIR  # relative to where LLaMA-Factory runs
 DEFAULT_CUTOFF_LEN = 2048  # DataArguments.cutoff_len's default
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
@@ -252,14 +257,16 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
         need("template", "to serve or chat with a model: the chat template that formats the messages")
         return problems
     stage = data.get("stage")
-    for key in TRAIN_REQUIRED:
-        need(key, f"for training (stage {stage})" if stage else "for training")
+    need("model_name_or_path", f"for training (stage {stage})" if stage else "for training")
+    for key, default in TRAIN_DEFAULTS.items():  # LLaMA-Factory accepts these missing: say what it uses
+        if data.get(key) in (None, "") and key not in at.refused:
+            problems.append(at.warning(f"no `{key}`: LLaMA-Factory uses {default}; name it", anchor))
     only_eval = not data.get("do_train") and (data.get("do_eval") or data.get("do_predict"))
     if only_eval:
         if not data.get("dataset") and not data.get("eval_dataset"):
             message = "missing `eval_dataset` (or `dataset`), required to evaluate or predict"
             problems.append(at.error(message, anchor))
-    else:
+    elif data.get("do_train"):  # LLaMA-Factory: "Please specify dataset for training."
         need("dataset", f"for training (stage {stage})" if stage else "for training")
     if stage == "ppo":
         problems.append(at.error(PPO_REFUSED, "stage"))

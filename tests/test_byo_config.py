@@ -328,3 +328,11 @@ def test_fields_llamafactory_ignores_pass_validate_but_data_check_hints_at_typos
     assert errors(Path("examples/train_lora/llama3_lora_sft.yaml")) == []
     proc = lfwrap("data", "check", "data/alpaca_en_demo.json")
     assert proc.returncode == 1 and "'outputs' unknown field (did you mean 'output'?)" in proc.stdout
+
+
+@pytest.mark.parametrize(("name", "kind"), [("dpo_demo", "alpaca + ranking"), ("kto_demo", "alpaca + kto"),
+                                            ("identity", "alpaca"), ("sharegpt_demo", "sharegpt")])
+def test_data_check_bundled_datasets_with_their_entries(lfwrap, name: str, kind: str) -> None:
+    proc = lfwrap("data", "check", "--dataset", name, check=True)
+    assert proc.stdout.startswith(f"Dataset '{name}': {kind}, as its entry in "), proc.stdout
+    assert "(0 bad)" in proc.stdout

@@ -37,11 +37,13 @@ TRUNCATED_WARN_SHARE = 0.01  # warn when more than 1% of a dataset's rows exceed
 
 def spec_for_entry(entry: dict[str, Any], *, stage: str | None, media_dir: Path | None) -> Spec:
     """The row rules an entry implies; `stage` pt (or, without a stage, an alpaca entry naming a prompt
-    column but no response, like upstream's c4_demo) means pre-training text."""
+    column but no answer column, like upstream's c4_demo) means pre-training text."""
     columns = dict(entry.get("columns") or {})
     formatting = entry.get("formatting", "alpaca")
+    answers = {"response", "chosen", "rejected", "kto_tag"}
     pt = formatting == "alpaca" and (
-        stage == "pt" or (stage is None and "prompt" in columns and "response" not in columns)
+        stage == "pt"
+        or (stage is None and not entry.get("ranking") and "prompt" in columns and not answers & set(columns))
     )
     return make_spec(
         formatting,

@@ -336,3 +336,13 @@ def test_data_check_bundled_datasets_with_their_entries(lfwrap, name: str, kind:
     proc = lfwrap("data", "check", "--dataset", name, check=True)
     assert proc.stdout.startswith(f"Dataset '{name}': {kind}, as its entry in "), proc.stdout
     assert "(0 bad)" in proc.stdout
+
+
+def test_an_entry_mapping_only_its_prompt_is_pt_unless_rows_have_output(lfwrap, repo: Path) -> None:
+    info = json.loads((repo / "data" / "dataset_info.json").read_text())
+    info["qa"] = {"file_name": "alpaca_en_demo.json", "columns": {"prompt": "instruction"}}
+    (repo / "data" / "dataset_info.json").write_text(json.dumps(info))
+    proc = lfwrap("data", "check", "--dataset", "qa", "--dataset-dir", "data", check=True)
+    assert proc.stdout.startswith("Dataset 'qa': alpaca, as its entry")
+    proc = lfwrap("data", "check", "--dataset", "c4_demo", "--dataset-dir", "data", check=True)
+    assert proc.stdout.startswith("Dataset 'c4_demo': pt, as its entry")

@@ -191,7 +191,7 @@ def _report_lengths(paths: list[Path], spec: Any, model: str, cutoff_len: int) -
 def _check_registered(
     name: str, dataset_dir: Path | None, max_errors: int, model: str | None, cutoff_len: int
 ) -> None:
-    from wrapper.datasets.check import check_file, format_report
+    from wrapper.datasets.check import check_file, format_report, head_rows
     from wrapper.datasets.verify import data_files, entry_source, registered_entry, spec_for_entry
     from wrapper.errors import DatasetError
 
@@ -200,11 +200,14 @@ def _check_registered(
     if source != "file":
         click.echo(f"Dataset '{name}' is loaded from {source}; its rows can't be checked offline.")
         return
-    spec = spec_for_entry(entry, stage=None, media_dir=folder)
+    files = data_files(name, entry, folder)
+    json_files = [path for path in files if path.suffix.lower() in (".json", ".jsonl")]
+    sample = head_rows(json_files[0], 20) if json_files else None
+    spec = spec_for_entry(entry, stage=None, media_dir=folder, sample=sample)
     click.echo(f"Dataset '{name}': {spec.kind}, as its entry in {folder / 'dataset_info.json'} says.")
     bad = 0
     checked: list[Path] = []
-    for path in data_files(name, entry, folder):
+    for path in files:
         if path.suffix.lower() not in (".json", ".jsonl"):
             click.echo(f"{path}: {path.suffix[1:]} file; lfwrap checks the rows of JSON / JSONL only")
             continue

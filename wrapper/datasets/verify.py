@@ -35,16 +35,19 @@ CACHE_VERSION = 2
 TRUNCATED_WARN_SHARE = 0.01  # warn when more than 1% of a dataset's rows exceed cutoff_len
 
 
-def spec_for_entry(entry: dict[str, Any], *, stage: str | None, media_dir: Path | None) -> Spec:
-    """The row rules an entry implies; `stage` pt (or, without a stage, an alpaca entry naming a prompt
-    column but no answer column, like upstream's c4_demo) means pre-training text."""
+def spec_for_entry(
+    entry: dict[str, Any], *, stage: str | None, media_dir: Path | None, sample: list[Any] | None = None
+) -> Spec:
+    """The row rules an entry implies; `stage` pt means pre-training text. Without a stage, an alpaca
+    entry naming a prompt column and no answer column (like upstream's c4_demo) is taken for pt unless
+    the `sample` rows carry the default answer column `output`."""
     columns = dict(entry.get("columns") or {})
     formatting = entry.get("formatting", "alpaca")
     answers = {"response", "chosen", "rejected", "kto_tag"}
-    pt = formatting == "alpaca" and (
-        stage == "pt"
-        or (stage is None and not entry.get("ranking") and "prompt" in columns and not answers & set(columns))
-    )
+    guess_pt = not entry.get("ranking") and "prompt" in columns and not answers & set(columns)
+    if guess_pt and sample:
+        guess_pt = not any(isinstance(row, dict) and "output" in row for row in sample)
+    pt = formatting == "alpaca" and (stage == "pt" or (stage is None and guess_pt))
     return make_spec(
         formatting,
         ranking=bool(entry.get("ranking", False)),

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def lfwrap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("lfwrap_home")
     monkeypatch.setenv("LFWRAP_HOME", str(home))
+    monkeypatch.setenv("LFWRAP_CACHE_DIR", str(home.parent / f"{home.name}-cache"))
     return home
 
 

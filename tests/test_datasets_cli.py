@@ -37,6 +37,7 @@ def test_check_bad_file_lists_rows_caps_and_exits_1(lfwrap):
     proc = lfwrap("data", "check", str(path), "--max-errors", "2")
     assert_user_error(proc, f"{path} has 10 bad row(s) of 12; fix the rows listed above and check again.")
     assert proc.stdout.splitlines() == [
+        "Assuming alpaca from the first rows; pass --formatting (and --columns) to override.",
         "row 2 (line 2): 'output' missing",
         "row 3 (line 3): 'instruction' expected a string, got number 42",
         "... and 8 more bad row(s)",

@@ -134,7 +134,7 @@ def test_every_bundled_template_is_listed_with_kind_and_command() -> None:
             assert spec.help, f"{name}.{var} has no help"
 
 
-@pytest.mark.parametrize("name", sorted(ALL_TEMPLATES))
+@pytest.mark.parametrize("name", sorted(set(ALL_TEMPLATES) - {"ppo_lora"}))
 def test_every_template_renders_with_defaults_and_validates(name: str, tmp_path: Path) -> None:
     rendered = render_template(name)
     assert rendered.template.name == name
@@ -169,8 +169,10 @@ def test_stage_specific_keys() -> None:
     assert dpo["dataset"] == "dpo_demo"
     assert render_template("kto_lora").data["stage"] == "kto"
     assert render_template("rm_lora").data["stage"] == "rm"
-    ppo = render_template("ppo_lora", ["reward_model=saves/my_rm"]).data
-    assert (ppo["stage"], ppo["reward_model"], ppo["reward_model_type"]) == ("ppo", "saves/my_rm", "lora")
+    with pytest.raises(ConfigError) as refused:  # LLaMA-Factory 0.9.5 cannot run PPO (trl pins)
+        render_template("ppo_lora", ["reward_model=saves/my_rm"])
+    assert "stage ppo cannot run with LLaMA-Factory 0.9.5" in str(refused.value.problems[0])
+    assert "dpo_lora or kto_lora" in str(refused.value.problems[0])
     merge = render_template("merge_lora").data
     assert {"export_dir", "export_size", "export_device", "export_legacy_format"} <= set(merge)
 

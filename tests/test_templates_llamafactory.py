@@ -64,16 +64,16 @@ print("PROBE " + json.dumps(results, default=str))
 """
 
 INJECTION = "x\nstage: ppo\n${oc.env:HOME} &a *a !!python/object:os.system # {k: v} \u2028 中文"
-LORA_TRAIN = ["sft_lora", "sft_qlora", "pt_lora", "dpo_lora", "kto_lora", "rm_lora", "ppo_lora"]
+LORA_TRAIN = ["sft_lora", "sft_qlora", "pt_lora", "dpo_lora", "kto_lora", "rm_lora"]  # ppo: refused
 
 
 def _configs(tiny_model: Path, tmp_path: Path) -> dict[str, dict[str, Any]]:
     model = {"model_name_or_path": str(tiny_model), "template": "default"}
     adapter = str(tmp_path / "adapter")
+    (tmp_path / "adapter").mkdir(exist_ok=True)  # a missing local adapter is refused before LLaMA-Factory
     cases: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         name: (name, [], {"output_dir": str(tmp_path / name)}) for name in LORA_TRAIN
     }
-    cases["ppo_lora"][2]["reward_model"] = str(tmp_path / "rm_adapter")
     cases["sft_full"] = ("sft_full", [], {"output_dir": str(tmp_path / "sft_full")})
     cases["sft_full_no_deepspeed"] = ("sft_full", ["ds_preset=null"], {"output_dir": str(tmp_path / "full")})
     cases["infer"] = ("infer", [], {"adapter_name_or_path": adapter})
@@ -138,7 +138,6 @@ def test_stage_specific_keys_reach_the_parser(parsed: dict[str, Any]) -> None:
     assert (results["dpo_lora"]["stage"], results["dpo_lora"]["pref_loss"]) == ("dpo", "sigmoid")
     assert results["dpo_lora"]["pref_beta"] == parsed["configs"]["dpo_lora"]["config"]["pref_beta"]
     assert results["kto_lora"]["stage"] == "kto" and results["rm_lora"]["stage"] == "rm"
-    assert results["ppo_lora"]["reward_model"] == parsed["configs"]["ppo_lora"]["config"]["reward_model"]
     assert results["pt_lora"]["stage"] == "pt"
     assert results["sft_full_no_deepspeed"]["deepspeed"] is None
 

@@ -19,6 +19,12 @@ CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 INFO = CONFIGS / "data" / "dataset_info.json"
 
 
+@pytest.fixture(autouse=True)
+def _run_from_the_fixtures(monkeypatch):
+    """llamafactory-cli resolves relative paths against the working directory: run from the fixtures."""
+    monkeypatch.chdir(CONFIGS)
+
+
 def found(name: str) -> list[tuple[int | None, str, str]]:
     return [(p.line, p.severity, p.message) for p in validate_file(CONFIGS / name)]
 
@@ -50,13 +56,15 @@ CASES = [
          "cosine_warmup_with_min_lr, warmup_stable_decay, greedy; got 'cosin' (did you mean `cosine`?)"),
     ]),
     ("missing_train_keys.yaml", [
-        (4, "error", "missing `output_dir`, required for training (stage sft)"),
-        (4, "error", "missing `finetuning_type`, required for training (stage sft)"),
+        (4, "warning", "no `finetuning_type`: LLaMA-Factory uses lora; name it"),
+        (4, "warning", "no `output_dir`: LLaMA-Factory uses transformers' default `trainer_output` in the "
+         "working directory; name it"),
         (4, "error", "missing `dataset`, required for training (stage sft)"),
     ]),
     ("ppo_no_reward.yaml", [
-        (2, "error", "missing `reward_model`, required for stage ppo: the reward model (or adapter) "
-         "that scores the samples"),
+        (2, "error", "stage ppo cannot run with LLaMA-Factory 0.9.5: its PPO trainer needs trl<=0.9.6 while "
+         "the package requires trl>=0.18, so it fails at launch; train preferences with the dpo_lora or "
+         "kto_lora template (stage dpo or kto) instead"),
     ]),
     ("infer_no_template.yaml", [
         (1, "error", "missing `template`, required to serve or chat with a model: the chat template "
@@ -64,6 +72,14 @@ CASES = [
     ]),
     ("export_no_dir.yaml", [(1, "error", "missing `export_dir`, required to export a model")]),
     ("unknown_template.yaml", [(3, "error", "unknown chat template `llama33`; did you mean `llama3`?")]),
+    ("missing_local_model.yaml", [
+        (2, "error", "`model_name_or_path: ./models/not-there` is a local path "
+         f"({CONFIGS / 'models/not-there'}) that does not exist; fix the path (relative paths are taken "
+         "from the working directory, as llamafactory-cli does)"),
+        (3, "error", "`adapter_name_or_path: /nonexistent/adapter` is a local path (/nonexistent/adapter) "
+         "that does not exist; fix the path (relative paths are taken from the working directory, as "
+         "llamafactory-cli does)"),
+    ]),
     ("missing_dataset.yaml", [
         (5, "error", f"dataset `identiy` is not in {INFO}; did you mean `identity`?"),
         (5, "error", f"dataset `alpaca_zh` is not in {INFO}; it has: dpo_demo, identity, kto_demo"),
@@ -156,12 +172,14 @@ def test_check_config_uses_text_for_lines_and_base_dir_for_dataset_dir(tmp_path)
     # Relative dataset_dir is resolved against base_dir: elsewhere there is no dataset_info.json.
     elsewhere = check_config(data, file="cfg.yaml", base_dir=tmp_path)
     assert [p.message for p in elsewhere] == [
-        f"no dataset_info.json in dataset_dir {tmp_path / 'data'}; point `dataset_dir` at the folder "
-        "holding it (relative paths are taken from the config's folder)",
+        f"no dataset_info.json in dataset_dir {tmp_path / 'data'}; relative paths are taken from the "
+        "working directory, as llamafactory-cli does: run from the folder that holds it "
+        "(`data/dataset_info.json`) or set `dataset_dir`",
     ]
 
 
-def test_dataset_dir_defaults_to_data_next_to_the_config(tmp_path):
+def test_dataset_dir_defaults_to_data_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dataset_info.json").write_text(json.dumps({"mine": {"file_name": "mine.json"}}))
     config = tmp_path / "train.yaml"
@@ -190,7 +208,8 @@ def test_an_invalid_dataset_info_is_reported_with_its_own_lines(tmp_path):
 def test_online_dataset_dir_skips_the_dataset_lookup():
     data = {"model_name_or_path": "m", "stage": "sft", "do_train": True, "finetuning_type": "lora",
             "template": "default", "output_dir": "o", "dataset": "someone/hub_set", "dataset_dir": "ONLINE"}
-    assert check_config(data) == []
+    assert [(p.severity, p.message) for p in check_config(data)] == [
+        ("warning", "dataset_dir ONLINE: the datasets are hub ids, which can't be checked offline")]
 
 
 def test_comma_list_keys_also_take_yaml_lists():
@@ -206,6 +225,7 @@ def test_train_advisories_for_missing_do_train_and_template():
     assert [(p.severity, p.message.split(",")[0].split(":")[0]) for p in check_config(data)] == [
         ("warning", "`do_train` is not true"),
         ("warning", "no `template`"),
+        ("warning", "dataset_dir ONLINE"),
     ]
 
 

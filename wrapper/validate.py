@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from wrapper import lfpaths
 from wrapper.errors import DatasetError, Problem
 from wrapper.schema import Schema, load_schema
 
@@ -39,8 +40,19 @@ COMMA_LIST_KEYS = frozenset(
         "oft_target",
     }
 )
-TRAIN_REQUIRED = ("stage", "model_name_or_path", "output_dir", "finetuning_type")
-DEFAULT_DATASET_DIR = "data"  # DataArguments.dataset_dir's default, relative to where LLaMA-Factory runs
+PPO_REFUSED = (
+    "stage ppo cannot run with LLaMA-Factory 0.9.5: its PPO trainer needs trl<=0.9.6 while the package "
+    "requires trl>=0.18, so it fails at launch; train preferences with the dpo_lora or kto_lora template "
+    "(stage dpo or kto) instead"
+)
+# Training keys with a default in LLaMA-Factory 0.9.5 / transformers: missing is accepted, with a warning.
+TRAIN_DEFAULTS = {
+    "stage": "stage sft",
+    "finetuning_type": "lora",
+    "output_dir": "transformers' default `trainer_output` in the working directory",
+}
+DEFAULT_DATASET_DIR = lfpaths.DEFAULT_DATASET_DIR  # relative to where LLaMA-Factory runs
+DEFAULT_CUTOFF_LEN = 2048  # DataArguments.cutoff_len's default
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
 
 
@@ -245,17 +257,19 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
         need("template", "to serve or chat with a model: the chat template that formats the messages")
         return problems
     stage = data.get("stage")
-    for key in TRAIN_REQUIRED:
-        need(key, f"for training (stage {stage})" if stage else "for training")
+    need("model_name_or_path", f"for training (stage {stage})" if stage else "for training")
+    for key, default in TRAIN_DEFAULTS.items():  # LLaMA-Factory accepts these missing: say what it uses
+        if data.get(key) in (None, "") and key not in at.refused:
+            problems.append(at.warning(f"no `{key}`: LLaMA-Factory uses {default}; name it", anchor))
     only_eval = not data.get("do_train") and (data.get("do_eval") or data.get("do_predict"))
     if only_eval:
         if not data.get("dataset") and not data.get("eval_dataset"):
             message = "missing `eval_dataset` (or `dataset`), required to evaluate or predict"
             problems.append(at.error(message, anchor))
-    else:
+    elif data.get("do_train"):  # LLaMA-Factory: "Please specify dataset for training."
         need("dataset", f"for training (stage {stage})" if stage else "for training")
     if stage == "ppo":
-        need("reward_model", "for stage ppo: the reward model (or adapter) that scores the samples")
+        problems.append(at.error(PPO_REFUSED, "stage"))
     if not data.get("do_train") and not only_eval:
         problems.append(
             at.warning(
@@ -305,32 +319,61 @@ def split_names(value: Any) -> list[str]:
     return []
 
 
-def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> list[Problem]:
+def _check_datasets(
+    data: dict[str, Any], base_dir: Path, at: _At, data_check: bool, use_cache: bool
+) -> list[Problem]:
     used = [(key, name) for key in ("dataset", "eval_dataset") for name in split_names(data.get(key))]
     raw_dir = data.get("dataset_dir", DEFAULT_DATASET_DIR)
-    if not used or not isinstance(raw_dir, str) or raw_dir == ONLINE:
+    if not used or not isinstance(raw_dir, str):
         return []
-    from wrapper.datasets.registry import dataset_info_for  # pydantic: only when datasets are named
-
-    dataset_dir = Path(raw_dir).expanduser()
-    if not dataset_dir.is_absolute() and base_dir is not None:
-        dataset_dir = base_dir / dataset_dir
     where = "dataset_dir" if "dataset_dir" in data else "dataset"
+    if raw_dir == ONLINE:
+        return [
+            at.warning("dataset_dir ONLINE: the datasets are hub ids, which can't be checked offline", where)
+        ]
+    if raw_dir.startswith("REMOTE:"):
+        return [
+            at.warning(
+                f"dataset_dir {raw_dir}: dataset_info.json comes from the hub repo {raw_dir[7:]}, so its "
+                "datasets can't be checked offline",
+                where,
+            )
+        ]
+    # pydantic: only when datasets are named
+    from wrapper.datasets.info import read_dataset_info_checked
+    from wrapper.datasets.registry import dataset_info_for, is_lfwrap_dataset_dir
+
+    dataset_dir = lfpaths.dataset_dir(data, base_dir)
     info_path = dataset_dir / "dataset_info.json"
+    problems: list[Problem] = []
     try:  # lfwrap's own folder: the entries a run would write there, read in memory (planning is pure)
-        info = dataset_info_for(dataset_dir)
+        if is_lfwrap_dataset_dir(dataset_dir) or not info_path.is_file():
+            info = dataset_info_for(dataset_dir)
+        else:  # a folder of the user's: also the warnings of its entries (keys LLaMA-Factory ignores)
+            info, problems = read_dataset_info_checked(info_path)
     except DatasetError as exc:
         return [at.error(f"{info_path} is invalid: {exc}", where), *exc.problems]
     if info is None:
         return [
             at.error(
-                f"no dataset_info.json in dataset_dir {dataset_dir}; point `dataset_dir` at the folder "
-                "holding it (relative paths are taken from the config's folder)",
+                f"no dataset_info.json in dataset_dir {dataset_dir}; relative paths are taken from the "
+                "working directory, as llamafactory-cli does: run from the folder that holds it "
+                f"(`{raw_dir}/dataset_info.json`) or set `dataset_dir`",
                 where,
             )
         ]
-    problems = []
     stage = data.get("stage") if config_kind(data) == "train" else None
+    checked: set[str] = set()
+    tokenizer = cutoff_len = None
+    if data_check and stage != "pt":  # pt packs text into blocks: nothing is cut off
+        from wrapper.datasets.lengths import tokenizer_file
+
+        model = data.get("model_name_or_path")
+        tokenizer = tokenizer_file(str(lfpaths.resolve(model, base_dir)) if isinstance(model, str) else None)
+        raw_cutoff = data.get("cutoff_len", DEFAULT_CUTOFF_LEN)
+        cutoff_len = raw_cutoff if isinstance(raw_cutoff, int) and not isinstance(raw_cutoff, bool) else None
+        if cutoff_len is None:
+            tokenizer = None
     for key, name in used:
         entry = info.get(name)
         if entry is None:
@@ -339,35 +382,52 @@ def _check_datasets(data: dict[str, Any], base_dir: Path | None, at: _At) -> lis
             hint = f"; did you mean `{guess[0]}`?" if guess else f"; it has: {known}"
             problems.append(at.error(f"dataset `{name}` is not in {info_path}{hint}", key))
             continue
-        ranking = bool(entry.get("ranking", False))
-        has_kto_tag = bool((entry.get("columns") or {}).get("kto_tag"))
-        if stage in PAIRWISE_STAGES and not ranking:
-            problems.append(
-                at.error(
-                    f"stage {stage} needs a preference dataset "
-                    f"(`ranking: true` with chosen/rejected columns), "
-                    f"but `{name}` is not one; use a ranking dataset such as dpo_demo",
-                    key,
-                )
-            )
-        elif stage == "kto" and (ranking or not has_kto_tag):
-            why = "is a ranking dataset" if ranking else "has no `kto_tag` column"
-            problems.append(
-                at.error(
-                    "stage kto needs single answers labelled by a boolean `kto_tag` column "
-                    f"(no ranking), but `{name}` {why}; use a dataset such as kto_demo",
-                    key,
-                )
-            )
-        elif stage in ("pt", "sft", "ppo") and ranking:
-            problems.append(
-                at.error(
-                    f"`{name}` is a ranking (preference) dataset, "
-                    f"which LLaMA-Factory refuses for stage {stage}; use it with stage dpo or rm",
-                    key,
-                )
+        stage_problem = _stage_problem(stage, name, entry)
+        if stage_problem:
+            problems.append(at.error(stage_problem, key))
+        elif data_check and name not in checked:
+            from wrapper.datasets.verify import check_dataset
+
+            checked.add(name)
+            problems += check_dataset(
+                name,
+                entry,
+                dataset_dir,
+                stage=stage if isinstance(stage, str) else None,
+                media_dir=lfpaths.media_dir(data, base_dir),
+                file=at.file,
+                line=at.lines.get(key, 1),
+                use_cache=use_cache,
+                tokenizer=tokenizer,
+                cutoff_len=cutoff_len or DEFAULT_CUTOFF_LEN,
             )
     return problems
+
+
+def _stage_problem(stage: Any, name: str, entry: dict[str, Any]) -> str | None:
+    ranking = bool(entry.get("ranking", False))
+    has_kto_tag = bool((entry.get("columns") or {}).get("kto_tag"))
+    if stage in PAIRWISE_STAGES and not ranking:
+        return (
+            f"stage {stage} needs a preference dataset (`ranking: true` with chosen/rejected columns), "
+            f"but `{name}` is not one; use a ranking dataset such as dpo_demo"
+        )
+    if stage == "kto" and (ranking or not has_kto_tag):
+        why = "is a ranking dataset" if ranking else "has no `kto_tag` column"
+        return (
+            "stage kto needs single answers labelled by a boolean `kto_tag` column "
+            f"(no ranking), but `{name}` {why}; use a dataset such as kto_demo"
+        )
+    if stage in ("pt", "sft", "ppo") and ranking:
+        return (
+            f"`{name}` is a ranking (preference) dataset, "
+            f"which LLaMA-Factory refuses for stage {stage}; use it with stage dpo or rm"
+        )
+    return None
+
+
+def _check_models(data: dict[str, Any], base_dir: Path, at: _At) -> list[Problem]:
+    return [at.error(message, key) for key, message in lfpaths.model_problems(data, base_dir)]
 
 
 @dataclass
@@ -384,45 +444,67 @@ class _At:
 
 
 def check_config(
-    data: dict, *, text: str | None = None, file: str = "<config>", base_dir: Path | None = None
+    data: dict,
+    *,
+    text: str | None = None,
+    file: str = "<config>",
+    base_dir: Path | None = None,
+    data_check: bool = False,
+    use_cache: bool = True,
 ) -> list[Problem]:
     """Every problem of a parsed config (errors and warnings), sorted by line.
 
-    `text` (the YAML the data came from) gives line numbers; `base_dir` is the folder a relative
-    `dataset_dir` is resolved against (the config file's folder).
+    `text` (the YAML the data came from) gives line numbers; `base_dir` is the folder relative paths
+    are resolved against: the working directory, as llamafactory-cli does (default). `data_check`:
+    stream-check every row of the local datasets the config names (cached, see wrapper.datasets.verify).
     """
     lines = parse_yaml(text, file).lines if text is not None else {}
-    return _check(data, _At(file, lines), base_dir)
+    return _check(data, _At(file, lines), base_dir or Path.cwd(), data_check, use_cache)
 
 
-def _check(data: Any, at: _At, base_dir: Path | None) -> list[Problem]:
+def _check(data: Any, at: _At, base_dir: Path, data_check: bool, use_cache: bool) -> list[Problem]:
     if not isinstance(data, dict):
         return [at.error("the config must be a mapping of keys to values (`key: value` lines)")]
+    foreign = lfpaths.foreign_config(data, at.file)
+    if foreign:
+        return [at.error(foreign)]
     schema = load_schema()
     kind = config_kind(data)
     problems = _check_values(data, schema, at)
     problems += _check_required(data, kind, at)
     problems += _check_template(data, schema, at)
-    problems += _check_datasets(data, base_dir, at)
+    problems += _check_models(data, base_dir, at)
+    problems += _check_datasets(data, base_dir, at, data_check, use_cache)
     return _sorted(problems, at.file)
 
 
 def _sorted(problems: list[Problem], file: str) -> list[Problem]:
     """By line, the config's own problems first (then those of the dataset_info.json it uses)."""
-    return sorted(problems, key=lambda p: (p.file != file, p.line or 0))
+    return sorted(problems, key=lambda p: (p.file != file, p.file or "", p.line or 0))
 
 
-def validate_text(text: str, *, file: str = "<config>", base_dir: Path | None = None) -> list[Problem]:
+def validate_text(
+    text: str,
+    *,
+    file: str = "<config>",
+    base_dir: Path | None = None,
+    data_check: bool = False,
+    use_cache: bool = True,
+) -> list[Problem]:
     """Every problem of a YAML config given as text: syntax, tags, duplicates, then check_config's rules."""
     parsed = parse_yaml(text, file)
     if parsed.data is None:
         return parsed.problems
     at = _At(file, parsed.lines, parsed.refused)
-    return _sorted(parsed.problems + _check(parsed.data, at, base_dir), file)
+    checked = _check(parsed.data, at, base_dir or Path.cwd(), data_check, use_cache)
+    return _sorted(parsed.problems + checked, file)
 
 
-def validate_file(path: Path) -> list[Problem]:
-    """Every problem of a YAML config file; a file that cannot be read is one problem, not an exception."""
+def validate_file(
+    path: Path, *, base_dir: Path | None = None, data_check: bool = False, use_cache: bool = True
+) -> list[Problem]:
+    """Every problem of a YAML config file; a file that cannot be read is one problem, not an exception.
+    Relative paths inside it are resolved against `base_dir`, by default the working directory."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -430,4 +512,4 @@ def validate_file(path: Path) -> list[Problem]:
         return [Problem("file not found; check the path", file)]
     except (OSError, UnicodeDecodeError) as exc:
         return [Problem(f"cannot read the file ({exc}); pass a UTF-8 YAML file", file)]
-    return validate_text(text, file=file, base_dir=Path(path).resolve().parent)
+    return validate_text(text, file=file, base_dir=base_dir, data_check=data_check, use_cache=use_cache)

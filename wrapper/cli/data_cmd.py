@@ -51,18 +51,24 @@ def data() -> None:
 
 
 @data.command(
-    help="""Check every row of a JSON or JSONL data file, streaming it.
+    help="""Check every row of a JSON or JSONL data file, or of a registered dataset, streaming it.
 
 Reports each bad row (row number, line, field, what is wrong), capped at --max-errors rows with a
 count of the rest, then a summary (rows, turns, mean/max characters). Exit status 1 when any row
-is bad. Rules follow LLaMA-Factory: alpaca rows need string instruction/output (input, system
-optional; history a list of [question, answer] pairs; with --ranking chosen/rejected instead of
-output); sharegpt rows need a conversations list of from/value messages, an optional system
+is bad. Without --formatting/--ranking/--pt/--columns/--tags the format is detected from the first
+rows (alpaca, sharegpt, openai, ranking, kto or pt) and the assumption is printed first.
+--dataset NAME checks a dataset registered in --dataset-dir's dataset_info.json (default: lfwrap's
+datasets) with its own entry: formatting, ranking, columns, tags, kto_tag, and that its image/video/
+audio files exist. Rules follow LLaMA-Factory: alpaca rows need string instruction/output (input,
+system optional; history a list of [question, answer] pairs; with --ranking chosen/rejected instead
+of output); sharegpt rows need a conversations list of from/value messages, an optional system
 message first, then human/gpt turns alternating; openai rows need messages with role/content;
-kto_tag must be true or false. In a JSON array, a row that is not valid JSON is reported and the check
-goes on at the next row when rows start their own lines (as json.dump with indent writes them). A file
-named dataset_info.json is checked as LLaMA-Factory's dataset
-registry instead (unknown keys, column and tag names, with "did you mean").
+pt rows need their text column; kto_tag must be true or false. In a JSON array, a row that is not
+valid JSON is reported and the check goes on at the next row when rows start their own lines (as
+json.dump with indent writes them). A file named dataset_info.json is checked as LLaMA-Factory's
+dataset registry instead (unknown keys, column and tag names, with "did you mean"). With --model (a
+local model folder), rows longer than --cutoff-len tokens are counted, with length percentiles:
+LLaMA-Factory truncates them silently.
 """,
     epilog="""\b
 Examples:
@@ -70,12 +76,22 @@ Examples:
   $ lfwrap data check chats.json --formatting sharegpt
   $ lfwrap data check prefs.jsonl --ranking --max-errors 5
   $ lfwrap data check qa.jsonl --columns prompt=question,response=answer
+  $ lfwrap data check corpus.jsonl --pt --columns prompt=text
+  $ lfwrap data check --dataset dpo_en_demo --dataset-dir LLaMA-Factory/data
+  $ lfwrap data check qa.jsonl --model ~/.lfwrap/models/tiny-llama --cutoff-len 128
   $ lfwrap data check my_data/dataset_info.json
 """,
 )
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--formatting", type=FORMATTING, default="alpaca", show_default=True, help="Row format.")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option("--formatting", type=FORMATTING, default=None, help="Row format (default: detected).")
 @click.option("--ranking", is_flag=True, help="Preference data: chosen/rejected answers.")
+@click.option("--pt", is_flag=True, help="Pre-training text: only the prompt column (default `text`).")
+@click.option("--dataset", "dataset", metavar="NAME", help="Check a registered dataset with its own entry.")
+@click.option(
+    "--dataset-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder holding dataset_info.json for --dataset (default: lfwrap's datasets).",
+)
 @columns_and_tags
 @click.option(
     "--max-errors",
@@ -84,38 +100,126 @@ Examples:
     show_default=True,
     help="How many bad rows to list.",
 )
+@click.option("--model", metavar="DIR", help="Local model folder: count tokens with its tokenizer.")
+@click.option(
+    "--cutoff-len",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="With --model: rows longer than this many tokens are reported (LLaMA-Factory truncates them).",
+)
 def check(
-    file: Path,
-    formatting: str,
+    file: Path | None,
+    formatting: str | None,
     ranking: bool,
+    pt: bool,
+    dataset: str | None,
+    dataset_dir: Path | None,
     columns: tuple[str, ...],
     tags: tuple[str, ...],
     max_errors: int,
+    model: str | None,
+    cutoff_len: int,
 ) -> None:
     from wrapper.datasets.add import parse_pairs
-    from wrapper.datasets.check import check_file, format_report
+    from wrapper.datasets.check import CheckReport, check_file, format_report
     from wrapper.datasets.info import COLUMN_NAMES, TAG_NAMES
-    from wrapper.errors import DatasetError
+    from wrapper.datasets.rows import make_spec
+    from wrapper.errors import DatasetError, UsageError
 
+    flags = formatting or ranking or pt or columns or tags
+    if dataset:
+        if file or flags:
+            raise UsageError(
+                "--dataset checks a dataset with its own entry; drop FILE and the format options."
+            )
+        _check_registered(dataset, dataset_dir, max_errors, model, cutoff_len)
+        return
+    if file is None:
+        raise UsageError("Give a data FILE to check, or --dataset NAME for a registered dataset.")
+    if dataset_dir:
+        raise UsageError("--dataset-dir only applies with --dataset NAME.")
     if file.name == "dataset_info.json":  # the registry file itself: check its entries instead of rows
-        from wrapper.datasets.info import read_dataset_info
+        from wrapper.datasets.info import read_dataset_info_checked
 
-        entries = read_dataset_info(file)
+        entries, warnings = read_dataset_info_checked(file)
+        for warning in warnings:
+            click.echo(str(warning))
         click.echo(f"{file}: {len(entries)} dataset(s), every entry valid")
         return
-    report = check_file(
-        file,
-        formatting=formatting,
-        ranking=ranking,
-        columns=parse_pairs(columns, COLUMN_NAMES, "--columns"),
-        tags=parse_pairs(tags, TAG_NAMES, "--tags"),
-        max_errors=max_errors,
-    )
+    if flags:
+        column_map = parse_pairs(columns, COLUMN_NAMES, "--columns")
+        if pt and "prompt" not in column_map:
+            column_map["prompt"] = "text"
+        spec = make_spec(
+            formatting or "alpaca",
+            ranking=ranking,
+            pt=pt,
+            columns=column_map,
+            tags=parse_pairs(tags, TAG_NAMES, "--tags"),
+        )
+    else:
+        from wrapper.datasets.detect import detect_spec
+
+        spec, assumed = detect_spec(file)
+        click.echo(f"Assuming {assumed} from the first rows; pass --formatting (and --columns) to override.")
+    report: CheckReport = check_file(file, spec=spec, max_errors=max_errors)
     for line in format_report(report, max_errors):
         click.echo(line)
+    if model:
+        _report_lengths([file], spec, model, cutoff_len)
     if not report.ok:
         what = f"{report.bad_rows} bad row(s) of {report.rows}" if report.bad_rows else "a syntax error"
         raise DatasetError(f"{file} has {what}; fix the rows listed above and check again.")
+
+
+def _report_lengths(paths: list[Path], spec: Any, model: str, cutoff_len: int) -> None:
+    from wrapper.datasets.lengths import token_lengths, tokenizer_file
+    from wrapper.errors import UsageError
+
+    tokenizer = tokenizer_file(model)
+    if tokenizer is None:
+        raise UsageError(
+            f"--model {model}: no tokenizer.json there; give a local model folder with a fast tokenizer."
+        )
+    report = token_lengths(paths, spec, tokenizer, cutoff_len=cutoff_len)
+    if report is None:
+        raise UsageError("--model needs the `tokenizers` package; install lfwrap's `local` extra.")
+    click.echo(report.summary())
+
+
+def _check_registered(
+    name: str, dataset_dir: Path | None, max_errors: int, model: str | None, cutoff_len: int
+) -> None:
+    from wrapper.datasets.check import check_file, format_report, head_rows
+    from wrapper.datasets.verify import data_files, entry_source, registered_entry, spec_for_entry
+    from wrapper.errors import DatasetError
+
+    entry, folder = registered_entry(name, dataset_dir)
+    source = entry_source(entry)
+    if source != "file":
+        click.echo(f"Dataset '{name}' is loaded from {source}; its rows can't be checked offline.")
+        return
+    files = data_files(name, entry, folder)
+    json_files = [path for path in files if path.suffix.lower() in (".json", ".jsonl")]
+    sample = head_rows(json_files[0], 20) if json_files else None
+    spec = spec_for_entry(entry, stage=None, media_dir=folder, sample=sample)
+    click.echo(f"Dataset '{name}': {spec.kind}, as its entry in {folder / 'dataset_info.json'} says.")
+    bad = 0
+    checked: list[Path] = []
+    for path in files:
+        if path.suffix.lower() not in (".json", ".jsonl"):
+            click.echo(f"{path}: {path.suffix[1:]} file; lfwrap checks the rows of JSON / JSONL only")
+            continue
+        report = check_file(path, spec=spec, max_errors=max_errors)
+        for line in format_report(report, max_errors):
+            click.echo(line)
+        bad += report.bad_rows + (1 if report.fatal else 0)
+        checked.append(path)
+    if model and checked:
+        _report_lengths(checked, spec, model, cutoff_len)
+    if bad:
+        raise DatasetError(f"Dataset '{name}' has bad rows; fix the rows listed above and check again.")
 
 
 @data.command(

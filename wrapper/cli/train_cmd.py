@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from wrapper.launch.plan import RunPlan
     from wrapper.launch.train import RunResult
 
-HELP = """Render a template, validate it, create a run directory and launch LLaMA-Factory.
+HELP = """Render a template (or take your own LLaMA-Factory YAML), validate it, create a run directory
+and launch LLaMA-Factory.
+
+--config FILE takes any LLaMA-Factory training YAML instead of a template (not both): relative paths
+in it are taken from the working directory, as llamafactory-cli does, and the run records them as
+absolute paths. --set overrides its keys, as `llamafactory-cli train FILE key=value` would. Like a
+template run, it writes to the run's own output folder unless --set output_dir=DIR is given.
+Every row of the local datasets the config names is checked first (--no-data-check skips that).
 
 The run lives in $LFWRAP_HOME/runs/NAME: config.yaml (the exact file LLaMA-Factory gets),
 dataset_info.json and copies of the data, meta.json (status, times, exit code) and train.log.
@@ -34,11 +41,18 @@ Examples:
   $ lfwrap train --template sft_lora --backend docker --gpus 0,1 --deepspeed z2
   $ lfwrap train --template sft_lora --backend docker --as-me   # outputs owned by you, not root
   $ lfwrap train --template sft_lora --backend docker --shm-size 16g   # own /dev/shm, no --ipc=host
+  $ lfwrap train --config examples/train_lora/llama3_lora_sft.yaml --set num_train_epochs=1
 """
 
 
 @click.command("train", help=HELP)
 @click.option("--template", "-t", "template", metavar="NAME", help="Train template (see `lfwrap templates`).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Your own LLaMA-Factory training YAML, instead of --template.",
+)
 @click.option(
     "--set",
     "sets",
@@ -71,9 +85,11 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
 @click.option("--resume", is_flag=True, help="Continue run --name from its last checkpoint.")
+@click.option("--no-data-check", is_flag=True, help="Don't check the datasets' rows first (very large sets).")
 @distributed_options
 def train(
     template: str | None,
+    config_file: Path | None,
     sets: tuple[str, ...],
     model: str | None,
     dataset: str | None,
@@ -85,16 +101,20 @@ def train(
     dry_run: bool,
     detach: bool,
     resume: bool,
+    no_data_check: bool,
     distributed: DistributedOptions,
 ) -> None:
     from wrapper.launch import train as launcher
 
+    if template and config_file:
+        raise UsageError("--template and --config exclude each other; give one of them.")
     if resume:
         if not name:
             raise UsageError("--resume needs --name RUN, the run to continue; list runs with `lfwrap runs`.")
-        if template or sets or model or dataset:
+        if template or config_file or sets or model or dataset:
             raise UsageError(
-                "--resume continues a run with its own config; drop --template/--set/--model/--dataset."
+                "--resume continues a run with its own config; "
+                "drop --template/--config/--set/--model/--dataset."
             )
         from wrapper.launch import runs
 
@@ -102,7 +122,20 @@ def train(
         checkpoint = launcher.prepare_resume(run_dir)
         click.echo(f"Resuming run {name} from {checkpoint.name}.", err=True)
     else:
-        plan = _create(template, sets, model, dataset, backend, image, as_me, name, distributed, shm_size)
+        plan = _create(
+            template,
+            config_file,
+            sets,
+            model,
+            dataset,
+            backend,
+            image,
+            as_me,
+            name,
+            distributed,
+            not no_data_check,
+            shm_size,
+        )
         _warn_placeholders(plan)
         if dry_run:  # the plan is printed, nothing is written
             _show_plan(plan)
@@ -135,6 +168,7 @@ def train(
 
 def _create(
     template: str | None,
+    config_file: Path | None,
     sets: tuple[str, ...],
     model: str | None,
     dataset: str | None,
@@ -143,15 +177,64 @@ def _create(
     as_me: bool,
     name: str | None,
     distributed: DistributedOptions,
+    data_check: bool,
     shm_size: str | None = None,
 ) -> RunPlan:
+    from wrapper.launch import runs
     from wrapper.launch import train as launcher
-    from wrapper.render import render_template
 
-    if not template:
-        raise UsageError("--template is required (e.g. --template sft_lora); see `lfwrap templates`.")
-    extra: dict[str, str] = {}
+    if not template and not config_file:
+        raise UsageError(
+            "--template or --config is required (e.g. --template sft_lora, or --config my_train.yaml); "
+            "see `lfwrap templates`."
+        )
     overrides = list(sets)
+    if config_file:
+        from wrapper.userconfig import load_user_config
+
+        if model:
+            overrides.append(f"model_name_or_path={model}")
+        if dataset:
+            overrides.append(f"dataset={dataset}")
+        config, problems = load_user_config(config_file, overrides, data_check=data_check)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        if config.get("output_dir") and not any(item.startswith("output_dir=") for item in overrides):
+            click.echo(
+                "Note: the run writes to its own output folder instead of output_dir "
+                f"{config['output_dir']}; --set output_dir=DIR keeps a folder of your choice.",
+                err=True,
+            )
+        run_name: str | None = name or runs.default_run_name(config_file.stem.lstrip("-_.") or "run")
+    else:
+        assert template is not None
+        config = _render(template, sets, model, dataset, overrides, data_check)
+        run_name = name
+    docker = _docker_options(backend, image, as_me, shm_size, distributed)
+    return launcher.plan_run(
+        config,
+        name=run_name,
+        template=template,
+        overrides=overrides,
+        backend=backend,
+        distributed=distributed,
+        docker=docker,
+    )
+
+
+def _render(
+    template: str,
+    sets: tuple[str, ...],
+    model: str | None,
+    dataset: str | None,
+    overrides: list[str],
+    data_check: bool,
+) -> dict:
+    from wrapper.errors import ConfigError
+    from wrapper.render import render_template
+    from wrapper.validate import check_config
+
+    extra: dict[str, str] = {}
     if model:
         extra["model_name_or_path"] = model
         overrides.append(f"model_name_or_path={model}")
@@ -167,6 +250,17 @@ def _create(
     rendered = render_template(template, sets, extra=extra)
     for problem in rendered.problems:
         click.echo(f"  {problem}", err=True)
+    if data_check:  # the rows of the datasets it names, with their dataset_info entries
+        found = check_config(rendered.data, file=f"{template} (rendered)", data_check=True)
+        errors = [problem for problem in found if problem.severity == "error"]
+        if errors:
+            raise ConfigError(f"The datasets of template `{template}` have bad rows; fix them first.", errors)
+    return rendered.data
+
+
+def _docker_options(
+    backend: str, image: str | None, as_me: bool, shm_size: str | None, distributed: DistributedOptions
+) -> Any:
     docker = None
     if backend == "docker":
         from wrapper.launch.docker_backend import DockerOptions, default_hf_cache, host_user
@@ -183,15 +277,7 @@ def _create(
     elif image or as_me or shm_size:
         flag = "--image" if image else "--as-me" if as_me else "--shm-size"
         raise UsageError(f"{flag} only applies to --backend docker.")
-    return launcher.plan_run(
-        rendered.data,
-        name=name,
-        template=template,
-        overrides=overrides,
-        backend=backend,
-        distributed=distributed,
-        docker=docker,
-    )
+    return docker
 
 
 def _warn_placeholders(plan: RunPlan) -> None:

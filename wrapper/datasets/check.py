@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from wrapper.datasets.rows import RowCheck, describe, row_checker
+from wrapper.datasets.rows import RowCheck, Spec, describe, make_spec, rule_set
 from wrapper.errors import DatasetError
 
 CHUNK = 1 << 20
@@ -231,17 +231,45 @@ def check_file(
     tags: Mapping[str, str] | None = None,
     max_errors: int = 20,
     check: RowCheck | None = None,
+    spec: Spec | None = None,
 ) -> CheckReport:
-    """Check every row of a JSON / JSONL data file; never loads the whole file."""
+    """Check every row of a JSON / JSONL data file; never loads the whole file.
+
+    `spec` (wrapper.datasets.rows.Spec) says everything about the rows; without it, one is made from
+    `formatting`, `ranking`, `columns` and `tags`.
+    """
     if not path.is_file():
         raise DatasetError(f"Data file {path} does not exist; check the path.")
     if path.suffix.lower() not in (".json", ".jsonl"):
         raise DatasetError(f"{path} is not a .json or .jsonl file; lfwrap checks JSON and JSON Lines data.")
-    report = CheckReport(path=path, formatting=formatting)
-    row_check = check or row_checker(formatting, ranking=ranking, columns=columns, tags=tags)
+    spec = spec or make_spec(formatting, ranking=ranking, columns=columns, tags=tags)
+    report = CheckReport(path=path, formatting=spec.kind)
+    row_check = check or rule_set(spec).check
     rows = _jsonl_rows(path) if _is_jsonl(path) else _array_rows(path, report)
     _run(rows, row_check, report, max_errors)
     return report
+
+
+def iter_rows(path: Path) -> Iterator[Any]:
+    """Every row of a JSON / JSONL file that decodes, streamed."""
+    report = CheckReport(path=path, formatting="")
+    rows = _jsonl_rows(path) if _is_jsonl(path) else _array_rows(path, report)
+    for value, _line, error in rows:
+        if error is None:
+            yield value
+
+
+def head_rows(path: Path, count: int) -> list[Any]:
+    """The first `count` rows of a JSON / JSONL file that decode (for format detection)."""
+    report = CheckReport(path=path, formatting="")
+    rows = _jsonl_rows(path) if _is_jsonl(path) else _array_rows(path, report)
+    found: list[Any] = []
+    for value, _line, error in rows:
+        if error is None:
+            found.append(value)
+        if len(found) >= count:
+            break
+    return found
 
 
 def _run(rows: Rows, row_check: RowCheck, report: CheckReport, max_errors: int) -> None:

@@ -156,13 +156,25 @@ def check_entries(data: Any, *, text: str | None = None, file: str = "dataset_in
             found = []
             for error in exc.errors():
                 loc = tuple(str(part) for part in error["loc"])
-                found.append(Problem(_describe(dict(error), name), file, line_of(lines, name, *loc)))
+                message = _describe(dict(error), name)
+                # LLaMA-Factory ignores keys it does not know: a near-miss of a real key (a typo) is an
+                # error, any other key (a note of your own) only a warning, so what it accepts validates.
+                severity = "error"
+                if error["type"] == "extra_forbidden" and not did_you_mean(loc[-1], _allowed_for(loc)):
+                    severity = "warning"
+                    message += " (LLaMA-Factory ignores it)"
+                found.append(Problem(message, file, line_of(lines, name, *loc), severity))
             problems.extend(sorted(found, key=lambda problem: problem.line or 0))
     return problems
 
 
 def read_dataset_info(path: Path) -> dict[str, dict]:
     """Read and validate a dataset_info.json; raises DatasetError listing every problem."""
+    return read_dataset_info_checked(path)[0]
+
+
+def read_dataset_info_checked(path: Path) -> tuple[dict[str, dict], list[Problem]]:
+    """read_dataset_info plus the warnings of its entries (keys LLaMA-Factory ignores)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -174,10 +186,11 @@ def read_dataset_info(path: Path) -> dict[str, dict]:
         message = f"{path} is not valid JSON (line {exc.lineno}); fix the syntax."
         raise DatasetError(message, [problem]) from None
     problems = check_entries(data, text=text, file=str(path))
-    if problems:
+    errors = [problem for problem in problems if problem.severity == "error"]
+    if errors:
         raise DatasetError(
-            f"{path} has {len(problems)} problem(s); fix the keys listed below "
+            f"{path} has {len(errors)} problem(s); fix the keys listed below "
             "(LLaMA-Factory would silently ignore them).",
             problems,
         )
-    return data
+    return data, problems

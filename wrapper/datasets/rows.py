@@ -1,15 +1,22 @@
-"""Per-row rules for LLaMA-Factory's dataset formats (alpaca, sharegpt, openai).
+"""Per-row rules for LLaMA-Factory's dataset formats: alpaca, sharegpt, openai, and their ranking (preference
+pairs), kto (a boolean label per row) and pt (pre-training text) variants.
 
-`row_checker(...)` returns a function `check(row) -> (chars, turns) | list[(field, message)]`.
-Each checker has a lean fast path for good rows; only a row that fails it is looked at again
-by the slower `explain` path, which names every problem (with "did you mean" for near-miss keys).
-The rules follow LLaMA-Factory 0.9.5's data/converter.py.
+Each formatting has ONE rule set: a generator `rules(row)` yielding (field, message) findings. Everything
+derives from it:
+  - `row_checker(...)(row)` -> (chars, turns) for a good row, else the list of every finding;
+  - `RuleSet.ok(row)` stops at the first finding (the quick yes/no);
+  - `RuleSet.explain(row)` lists them all (with "did you mean" for near-miss keys).
+Messages are built only when a rule fails, so a good row costs the same as a hand-written fast path.
+The rules follow LLaMA-Factory 0.9.5's data/converter.py and data/processor/*.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wrapper.datasets.info import did_you_mean
@@ -17,6 +24,7 @@ from wrapper.datasets.info import did_you_mean
 Finding = tuple[str | None, str]  # (field or None, what is wrong)
 Result = tuple[int, int] | list[Finding]
 RowCheck = Callable[[Any], Result]
+Rules = Callable[[Any], Iterator[Finding]]
 
 # Columns every format shares, in LLaMA-Factory's default naming.
 _SHARED_COLUMNS = {
@@ -56,6 +64,8 @@ OPENAI_TAGS = {
     "function_tag": "function",
     "system_tag": "system",
 }
+MEDIA_COLUMNS = ("images", "videos", "audios")
+_REMOTE_MEDIA = ("http://", "https://", "data:", "s3://", "gs://")
 
 
 def defaults(formatting: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -75,131 +85,199 @@ def describe(value: Any) -> str:
         dict: "object",
         list: "array",
         str: "string",
-        bool: "boolean",
         int: "number",
         float: "number",
-        type(None): "null",
     }.get(type(value), type(value).__name__)
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, default=str)
     return kind if len(text) > 40 else f"{kind} {text}"
 
 
-def _strings(values: list) -> bool:
-    return all(isinstance(value, str) for value in values)
+@dataclass(frozen=True)
+class Spec:
+    """What a dataset's rows must look like: its dataset_info entry, resolved against the defaults.
+
+    `pt`: pre-training text (stage pt): only the prompt column (e.g. `text`) is used.
+    `kto`: every row needs a boolean kto_tag (the entry names a kto_tag column).
+    `media_dir`: where relative image/video/audio paths are looked up (None: not checked); only the
+    media columns the entry maps (`media`) are read, as LLaMA-Factory does.
+    `typo_fields`: report a field that looks like a misspelt column ("outptu"); LLaMA-Factory itself
+    ignores unknown fields, so checks of a registered dataset turn this off.
+    """
+
+    formatting: str = "alpaca"
+    ranking: bool = False
+    kto: bool = False
+    pt: bool = False
+    columns: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    media_dir: Path | None = None
+    media: tuple[str, ...] = ()
+    typo_fields: bool = True
+
+    @property
+    def kind(self) -> str:
+        """The name shown to users: alpaca, sharegpt, openai, pt, or `<formatting> + ranking|kto`."""
+        if self.pt:
+            return "pt"
+        extra = " + ranking" if self.ranking else " + kto" if self.kto else ""
+        return self.formatting + extra
 
 
-def _unknown_keys(row: dict, known: frozenset[str], cache: dict[str, str]) -> list[Finding]:
+def make_spec(
+    formatting: str = "alpaca",
+    *,
+    ranking: bool = False,
+    pt: bool = False,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    media_dir: Path | None = None,
+    typo_fields: bool = True,
+) -> Spec:
+    base_columns, base_tags = defaults(formatting)
+    kto = bool(columns and columns.get("kto_tag"))
+    base_columns.update({key: value for key, value in (columns or {}).items() if value})
+    base_tags.update({key: value for key, value in (tags or {}).items() if value})
+    media = tuple(kind for kind in MEDIA_COLUMNS if (columns or {}).get(kind))
+    return Spec(formatting, ranking, kto, pt, base_columns, base_tags, media_dir, media, typo_fields)
+
+
+def _unknown_keys(row: dict, known: frozenset[str], cache: dict[str, str]) -> Iterator[Finding]:
     """Keys that look like a misspelt column (others are ignored, as LLaMA-Factory does)."""
-    found: list[Finding] = []
+    if row.keys() <= known:
+        return
     for key in row.keys() - known:
         hint = cache.get(key)
         if hint is None:
             hint = cache[key] = did_you_mean(str(key), sorted(known))
         if hint:
-            found.append((key, f"unknown field{hint}"))
-    return found
+            yield key, f"unknown field{hint}"
 
 
-def _alpaca(columns: Mapping[str, str], ranking: bool, kto_required: bool) -> RowCheck:
+def _media(row: dict, spec: Spec) -> Iterator[Finding]:
+    """Image/video/audio paths that exist neither under media_dir nor as given (LLaMA-Factory would fail
+    to open them mid-training)."""
+    if spec.media_dir is None:
+        return
+    for kind in spec.media:
+        name = spec.columns[kind]
+        value = row.get(name)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            paths = item if isinstance(item, list) else [item]  # a video given as a list of frames
+            for path in paths:
+                if not isinstance(path, str):
+                    continue  # decoded bytes / {"path": ...} objects come from hub datasets
+                if path.startswith(_REMOTE_MEDIA) or os.path.isfile(os.path.join(spec.media_dir, path)):
+                    continue
+                if not os.path.isfile(path):
+                    yield f"{name}[{index}]", f"file '{path}' not found under media_dir {spec.media_dir}"
+
+
+def _kto(row: dict, spec: Spec) -> Iterator[Finding]:
+    kto_tag = spec.columns["kto_tag"]
+    if (spec.kto or kto_tag in row) and row.get(kto_tag).__class__ is not bool:
+        yield kto_tag, f"expected true or false, got {describe(row.get(kto_tag))}"
+
+
+def _not_object(row: Any) -> Iterator[Finding]:
+    yield None, f"a row must be a JSON object, got {describe(row)}"
+
+
+def _pt_rules(spec: Spec) -> Rules:
+    text, query = spec.columns["prompt"], spec.columns["query"]
+
+    def rules(row: Any) -> Iterator[Finding]:
+        if row.__class__ is not dict:
+            yield from _not_object(row)
+            return
+        value = row.get(text)
+        if value.__class__ is not str:
+            if text not in row:
+                yield (
+                    text,
+                    "missing: pre-training rows need their text in this column"
+                    + did_you_mean(text, list(row)),
+                )
+            else:
+                yield text, f"expected a string, got {describe(value)}"
+        elif not value and not row.get(query):
+            yield text, "empty"
+        extra = row.get(query)
+        if extra is not None and extra.__class__ is not str:
+            yield query, f"expected a string, got {describe(extra)}"
+
+    return rules
+
+
+def _alpaca_rules(spec: Spec) -> Rules:
+    columns = spec.columns
     prompt, query, response = columns["prompt"], columns["query"], columns["response"]
-    history, system, kto_tag = columns["history"], columns["system"], columns["kto_tag"]
+    history, system = columns["history"], columns["system"]
     chosen, rejected = columns["chosen"], columns["rejected"]
-    answers = (chosen, rejected) if ranking else (response,)
+    answers = (chosen, rejected) if spec.ranking else (response,)
     known = frozenset(columns.values())
     hints: dict[str, str] = {}
 
-    def explain(row: Any) -> list[Finding]:
-        if not isinstance(row, dict):
-            return [(None, f"a row must be a JSON object, got {describe(row)}")]
-        found: list[Finding] = []
+    def rules(row: Any) -> Iterator[Finding]:
+        if row.__class__ is not dict:
+            yield from _not_object(row)
+            return
         for name in (prompt, *answers):
+            value = row.get(name)
+            if value.__class__ is str:
+                if name != prompt and not value:
+                    yield name, "empty"
+                continue
             if name not in row:
                 shape = next((key for key in ("conversations", "messages") if key in row), None)
                 hint = f" (the row has '{shape}': try --formatting sharegpt or openai)" if shape else ""
                 if name in (chosen, rejected) and response in row:
                     hint = f" (with --ranking, '{chosen}' and '{rejected}' replace '{response}')"
-                found.append((name, "missing" + hint))
-            elif not isinstance(row[name], str):
-                found.append((name, f"expected a string, got {describe(row[name])}"))
-            elif name != prompt and not row[name]:
-                found.append((name, "empty"))
+                yield name, "missing" + hint
+            else:
+                yield name, f"expected a string, got {describe(value)}"
         for name in (query, system):
-            if row.get(name) is not None and not isinstance(row[name], str):
-                found.append((name, f"expected a string, got {describe(row[name])}"))
-        if not row.get(prompt) and not row.get(query) and prompt in row:
-            found.append((prompt, f"empty (and no '{query}'): the prompt would be empty"))
+            value = row.get(name)
+            if value is not None and value.__class__ is not str:
+                yield name, f"expected a string, got {describe(value)}"
+        if prompt in row and not row.get(prompt) and not row.get(query):
+            yield prompt, f"empty (and no '{query}'): the prompt would be empty"
         pairs = row.get(history)
         if pairs is not None:
-            if not isinstance(pairs, list):
-                found.append((history, f"expected a list of [question, answer] pairs, got {describe(pairs)}"))
+            if pairs.__class__ is not list:
+                yield history, f"expected a list of [question, answer] pairs, got {describe(pairs)}"
             else:
                 for index, pair in enumerate(pairs):
-                    if not (isinstance(pair, list) and len(pair) == 2 and _strings(pair)):
+                    if not (
+                        pair.__class__ is list
+                        and len(pair) == 2
+                        and pair[0].__class__ is str
+                        and pair[1].__class__ is str
+                    ):
                         message = f"expected a [question, answer] pair of strings, got {describe(pair)}"
-                        found.append((f"{history}[{index}]", message))
-        if kto_tag in row or kto_required:
-            if not isinstance(row.get(kto_tag), bool):
-                found.append((kto_tag, f"expected true or false, got {describe(row.get(kto_tag))}"))
-        return found + _unknown_keys(row, known, hints)
+                        yield f"{history}[{index}]", message
+        yield from _kto(row, spec)
+        yield from _media(row, spec)
+        if spec.typo_fields:
+            yield from _unknown_keys(row, known, hints)
 
-    def check(row: Any) -> Result:
-        try:
-            ins = row[prompt]
-            outs = [row[name] for name in answers]
-        except (KeyError, TypeError):
-            return explain(row)
-        if ins.__class__ is not str:
-            return explain(row)
-        chars = len(ins)
-        for out in outs:
-            if out.__class__ is not str or not out:
-                return explain(row)
-            chars += len(out)
-        value = row.get(query)
-        if value is not None:
-            if value.__class__ is not str:
-                return explain(row)
-            chars += len(value)
-        if not ins and not value:
-            return explain(row)
-        value = row.get(system)
-        if value is not None:
-            if value.__class__ is not str:
-                return explain(row)
-            chars += len(value)
-        turns = 1
-        value = row.get(history)
-        if value is not None:
-            if value.__class__ is not list:
-                return explain(row)
-            for pair in value:
-                if pair.__class__ is not list or len(pair) != 2:
-                    return explain(row)
-                first, second = pair
-                if first.__class__ is not str or second.__class__ is not str:
-                    return explain(row)
-                chars += len(first) + len(second)
-            turns += len(value)
-        if (kto_required or kto_tag in row) and row.get(kto_tag).__class__ is not bool:
-            return explain(row)
-        if not row.keys() <= known and _unknown_keys(row, known, hints):
-            return explain(row)
-        return chars, turns
-
-    return check
+    return rules
 
 
-def _messages(
-    columns: Mapping[str, str], tags: Mapping[str, str], ranking: bool, kto_required: bool, openai: bool
-) -> RowCheck:
+def _messages_rules(spec: Spec) -> Rules:
     """sharegpt and openai: a list of role/content messages, optional system first, roles alternating."""
-    messages, system, kto_tag = columns["messages"], columns["system"], columns["kto_tag"]
+    columns, tags, ranking = spec.columns, spec.tags, spec.ranking
+    openai = spec.formatting == "openai"
+    messages, system = columns["messages"], columns["system"]
     chosen, rejected = columns["chosen"], columns["rejected"]
     role, content = tags["role_tag"], tags["content_tag"]
     user, assistant, system_tag = tags["user_tag"], tags["assistant_tag"], tags["system_tag"]
     observation, function = tags["observation_tag"], tags["function_tag"]
     odd, even = (user, observation), (assistant, function)
     all_roles = [user, assistant, observation, function, system_tag]
+    role_set = frozenset(all_roles)
     known = frozenset(columns.values())
     hints: dict[str, str] = {}
 
@@ -215,10 +293,29 @@ def _messages(
             out.append((index, str(name)))
         return out
 
-    def explain(row: Any) -> list[Finding]:
-        if not isinstance(row, dict):
-            return [(None, f"a row must be a JSON object, got {describe(row)}")]
-        found: list[Finding] = []
+    def message_problems(turns: list) -> Iterator[Finding]:
+        for index, message in enumerate(turns):
+            where = f"{messages}[{index}]"
+            if message.__class__ is not dict:
+                yield where, f"expected an object with '{role}' and '{content}', got {describe(message)}"
+                continue
+            for key in (role, content):
+                if key not in message:
+                    yield where, f"missing '{key}'{did_you_mean(key, list(message))}"
+            text = message.get(content)
+            if content in message and text.__class__ is not str:
+                if not (openai and text is None and message.get("tool_calls")):
+                    yield f"{where}.{content}", f"expected a string, got {describe(text)}"
+            name = message.get(role)
+            if role in message and (name.__class__ is not str or name not in role_set):
+                hint = did_you_mean(str(name), all_roles)
+                expected = ", ".join(all_roles)
+                yield f"{where}.{role}", f"unknown role {describe(name)}; expected one of {expected}{hint}"
+
+    def rules(row: Any) -> Iterator[Finding]:
+        if row.__class__ is not dict:
+            yield from _not_object(row)
+            return
         turns = row.get(messages)
         if messages not in row:
             shape = next((key for key in ("conversations", "messages", "instruction") if key in row), None)
@@ -227,144 +324,152 @@ def _messages(
                 hint = " (the row has 'instruction': try --formatting alpaca)"
             elif shape:
                 hint = f" (the row has '{shape}': try --columns messages={shape} or another --formatting)"
-            return [(messages, "missing" + hint)]
-        elif not isinstance(turns, list) or not turns:
-            found.append((messages, f"expected a non-empty list of messages, got {describe(turns)}"))
+            yield messages, "missing" + hint
+            return
+        shape_ok = False
+        if turns.__class__ is not list or not turns:
+            yield messages, f"expected a non-empty list of messages, got {describe(turns)}"
         else:
-            start = 0
-            for index, message in enumerate(turns):
-                where = f"{messages}[{index}]"
-                if not isinstance(message, dict):
-                    expected = f"an object with '{role}' and '{content}'"
-                    found.append((where, f"expected {expected}, got {describe(message)}"))
-                    continue
-                for key in (role, content):
-                    if key not in message:
-                        found.append((where, f"missing '{key}'{did_you_mean(key, list(message))}"))
-                text = message.get(content)
-                if content in message and not isinstance(text, str):
-                    if not (openai and text is None and message.get("tool_calls")):
-                        found.append((f"{where}.{content}", f"expected a string, got {describe(text)}"))
-                name = message.get(role)
-                if role in message and name not in all_roles:
-                    hint = did_you_mean(str(name), all_roles)
-                    found.append(
-                        (
-                            f"{where}.{role}",
-                            f"unknown role {describe(name)}; expected one of {', '.join(all_roles)}{hint}",
-                        )
-                    )
-            if found:
-                return found + _unknown_keys(row, known, hints)
-            if turns[0].get(role) == system_tag:
-                start = 1
+            found = False
+            for finding in message_problems(turns):
+                found = True
+                yield finding
+            shape_ok = not found
+        if shape_ok:
+            start = 1 if turns[0].get(role) == system_tag else 0
             order = merged(turns[start:])
+            out_of_order = False
             for position, (index, name) in enumerate(order):
                 allowed = odd if position % 2 == 0 else even
                 if name not in allowed:
-                    found.append(
-                        (
-                            f"{messages}[{index + start}].{role}",
-                            f"'{name}' out of order: turn {position + 1} must be "
-                            f"{' or '.join(repr(tag) for tag in allowed)} (roles alternate after an "
-                            f"optional first '{system_tag}')",
-                        )
+                    out_of_order = True
+                    yield (
+                        f"{messages}[{index + start}].{role}",
+                        f"'{name}' out of order: turn {position + 1} must be "
+                        f"{' or '.join(repr(tag) for tag in allowed)} (roles alternate after an "
+                        f"optional first '{system_tag}')",
                     )
                     break
-            if not found:
+            if not out_of_order:
                 if ranking and len(order) % 2 == 0:
-                    found.append(
-                        (
-                            messages,
-                            f"{len(order)} turn(s): a preference row must end with a "
-                            f"'{user}' turn, answered by '{chosen}' and '{rejected}'",
-                        )
+                    yield (
+                        messages,
+                        f"{len(order)} turn(s): a preference row must end with a "
+                        f"'{user}' turn, answered by '{chosen}' and '{rejected}'",
                     )
                 elif not ranking and (len(order) % 2 or not order):
-                    found.append(
-                        (
-                            messages,
-                            f"{len(order)} turn(s): it must end with an answer from "
-                            f"'{assistant}' (an even count after any system prompt)",
-                        )
+                    yield (
+                        messages,
+                        f"{len(order)} turn(s): it must end with an answer from "
+                        f"'{assistant}' (an even count after any system prompt)",
                     )
         if ranking:
             for name in (chosen, rejected):
                 answer = row.get(name)
                 if not (
-                    isinstance(answer, dict)
+                    answer.__class__ is dict
                     and answer.get(role) in even
-                    and isinstance(answer.get(content), str)
+                    and answer.get(content).__class__ is str
                 ):
-                    found.append(
-                        (
-                            name,
-                            f"expected an object with '{role}': '{assistant}' and a string "
-                            f"'{content}', got {describe(answer)}",
-                        )
+                    yield (
+                        name,
+                        f"expected an object with '{role}': '{assistant}' and a string "
+                        f"'{content}', got {describe(answer)}",
                     )
-        if row.get(system) is not None and not isinstance(row[system], str):
-            found.append((system, f"expected a string, got {describe(row[system])}"))
-        if kto_tag in row or kto_required:
-            if not isinstance(row.get(kto_tag), bool):
-                found.append((kto_tag, f"expected true or false, got {describe(row.get(kto_tag))}"))
-        return found + _unknown_keys(row, known, hints)
+        value = row.get(system)
+        if value is not None and value.__class__ is not str:
+            yield system, f"expected a string, got {describe(value)}"
+        yield from _kto(row, spec)
+        yield from _media(row, spec)
+        if spec.typo_fields:
+            yield from _unknown_keys(row, known, hints)
 
-    def check(row: Any) -> Result:
-        if explain_needed(row):
-            return explain(row)
+    return rules
+
+
+def _alpaca_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
+    names = [spec.columns[key] for key in ("prompt", "query", "response", "system", "chosen", "rejected")]
+    history = spec.columns["history"]
+
+    def stats(row: dict) -> tuple[int, int]:
+        chars = 0
+        for name in names:
+            value: Any = row.get(name)
+            if value.__class__ is str:
+                chars += len(value)
+        pairs = row.get(history) or ()
+        for first, second in pairs:
+            chars += len(first) + len(second)
+        return chars, 1 + len(pairs)
+
+    return stats
+
+
+def _messages_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
+    messages, system = spec.columns["messages"], spec.columns["system"]
+    role, content, system_tag = spec.tags["role_tag"], spec.tags["content_tag"], spec.tags["system_tag"]
+
+    def stats(row: dict) -> tuple[int, int]:
         turns = row[messages]
         chars = 0
         for message in turns:
             text = message.get(content)
             if text.__class__ is str:
                 chars += len(text)
-        count = len(turns) - (1 if turns[0].get(role) == system_tag else 0)
-        value = row.get(system)
+        value: Any = row.get(system)
         if value.__class__ is str:
             chars += len(value)
+        count = len(turns) - (1 if turns[0].get(role) == system_tag else 0)
         return chars, (count + 1) // 2
 
-    def explain_needed(row: Any) -> bool:
-        if row.__class__ is not dict:
-            return True
-        turns = row.get(messages)
-        if turns.__class__ is not list or not turns:
-            return True
-        start = 1 if turns[0].__class__ is dict and turns[0].get(role) == system_tag else 0
-        if openai:
-            return bool(explain(row))
-        position = 0
-        for message in turns[start:] if start else turns:
-            if message.__class__ is not dict or message.get(content).__class__ is not str:
-                return True
-            if message.get(role) not in (odd if position % 2 == 0 else even):
-                return True
-            position += 1
-        if (position % 2 == 0) == ranking or (not ranking and position == 0):
-            return True
-        if ranking or kto_required or kto_tag in row:
-            return bool(explain(row))
-        value = row.get(system)
-        if value is not None and value.__class__ is not str:
-            return True
-        return not row.keys() <= known and bool(_unknown_keys(row, known, hints))
+    return stats
 
-    return check
+
+def _pt_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
+    text, query = spec.columns["prompt"], spec.columns["query"]
+
+    def stats(row: dict) -> tuple[int, int]:
+        return len(row[text]) + len(row.get(query) or ""), 1
+
+    return stats
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    spec: Spec
+    rules: Rules
+    stats: Callable[[dict], tuple[int, int]]
+
+    def ok(self, row: Any) -> bool:
+        """The quick verdict: stops at the first finding."""
+        return next(self.rules(row), None) is None
+
+    def explain(self, row: Any) -> list[Finding]:
+        """Every finding of a row (empty for a good row)."""
+        return list(self.rules(row))
+
+    def check(self, row: Any) -> Result:
+        found = list(self.rules(row))
+        return found if found else self.stats(row)
+
+
+def rule_set(spec: Spec) -> RuleSet:
+    if spec.pt:
+        return RuleSet(spec, _pt_rules(spec), _pt_stats(spec))
+    if spec.formatting == "alpaca":
+        return RuleSet(spec, _alpaca_rules(spec), _alpaca_stats(spec))
+    return RuleSet(spec, _messages_rules(spec), _messages_stats(spec))
 
 
 def row_checker(
     formatting: str,
     *,
     ranking: bool = False,
+    pt: bool = False,
     columns: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    media_dir: Path | None = None,
 ) -> RowCheck:
     """The row check for a formatting; `columns` / `tags` override LLaMA-Factory's defaults."""
-    base_columns, base_tags = defaults(formatting)
-    kto_required = bool(columns and "kto_tag" in columns)
-    base_columns.update(columns or {})
-    base_tags.update(tags or {})
-    if formatting == "alpaca":
-        return _alpaca(base_columns, ranking, kto_required)
-    return _messages(base_columns, base_tags, ranking, kto_required, openai=formatting == "openai")
+    spec = make_spec(formatting, ranking=ranking, pt=pt, columns=columns, tags=tags, media_dir=media_dir)
+    return rule_set(spec).check

@@ -503,6 +503,7 @@ CONFIG_PATH_KEYS = (
     "resume_from_checkpoint",
     "logging_dir",
     "tokenized_path",
+    "media_dir",
 )
 
 

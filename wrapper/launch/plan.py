@@ -64,6 +64,8 @@ def plan_datasets(
     if not names:
         return config, None, []
     raw_dir = config.get("dataset_dir")
+    if str(raw_dir or "") == "ONLINE" or str(raw_dir or "").startswith("REMOTE:"):
+        return config, None, []  # hub datasets: LLaMA-Factory fetches them, nothing to copy
     source_dir = Path(str(raw_dir)).expanduser() if raw_dir else home.user_datasets_dir()
     info = dataset_info_for(source_dir)  # every entry name validated (no '/', '..')
     if info is None:
@@ -175,12 +177,16 @@ def _docker_paths(
 
 
 def model_mounts(config: dict[str, Any], folder: Path) -> list[Mount]:
-    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME) for the config's local model
-    and adapter folders that lie outside `folder` (which the container sees as /app/run anyway)."""
+    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME, /app/media/NAME) for the config's
+    local model, adapter and media folders that lie outside `folder` (the container's /app/run)."""
     from wrapper.launch.docker_backend import Mount
 
     mounts = []
-    for key, parent in (("model_name_or_path", "/app/models"), ("adapter_name_or_path", "/app/adapters")):
+    for key, parent in (
+        ("model_name_or_path", "/app/models"),
+        ("adapter_name_or_path", "/app/adapters"),
+        ("media_dir", "/app/media"),  # images/videos/audios a config's datasets name
+    ):
         value = str(config.get(key) or "")
         if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
             mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))

@@ -79,8 +79,7 @@ def main() -> None:
             Proc(
                 "stand-in",
                 python_cmd(
-                    "-m",
-                    "wrapper.gateway.standin",
+                    str(HERE.parent / "tests" / "gateway_standin.py"),
                     "--port",
                     str(up_port),
                     "--chunks",

@@ -47,6 +47,7 @@ Examples:
   $ lfwrap keys create                       # prints the key once
   $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
   $ lfwrap gateway --config gateway.yaml --port 8080
+  $ lfwrap gateway --config gateway.yaml --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
 """,
 )
@@ -77,6 +78,18 @@ Examples:
     default=None,
     help="tokenizer.json or model folder of --upstream's model, for exact usage counts.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate: serve HTTPS (HTTP/2 offered by ALPN); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key for --tls-cert.",
+)
 @click.option("--open", "open_", is_flag=True, help="Accept requests without an API key (loopback only).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def gateway(
@@ -88,6 +101,8 @@ def gateway(
     upstream_key: str | None,
     max_concurrency: int | None,
     tokenizer: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     open_: bool,
     log_level: str,
 ) -> None:
@@ -99,7 +114,16 @@ def gateway(
         raise UsageError(
             "--upstream and --model go together: --upstream http://127.0.0.1:8000 --model conch."
         )
-    settings = load_settings(config, host=host, port=port, auth="open" if open_ else None)
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: pass both to serve HTTPS.")
+    flags = {
+        "host": host,
+        "port": port,
+        "auth": "open" if open_ else None,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
+    settings = load_settings(config, **flags)
     if upstream is not None and model is not None:
         quick = {
             "name": model,
@@ -110,13 +134,7 @@ def gateway(
         }
         models = [r.model_dump() for r in settings.models if r.name != model]
         models.append({k: v for k, v in quick.items() if v is not None})
-        settings = load_settings(
-            config,
-            host=host,
-            port=port,
-            auth="open" if open_ else None,
-            models=[ModelRoute.model_validate(m) for m in models],
-        )
+        settings = load_settings(config, **flags, models=[ModelRoute.model_validate(m) for m in models])
     if not settings.models:
         raise UsageError(
             "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
@@ -146,5 +164,6 @@ def gateway(
             )
         else:
             click.echo(f"auth: keys - {count} active key(s) in {settings.keys_path()}.", err=True)
-    click.echo(f"OpenAI base URL: http://{settings.host}:{settings.port}/v1", err=True)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    click.echo(f"OpenAI base URL: {scheme}://{settings.host}:{settings.port}/v1", err=True)
     server.run(settings, log_level=log_level)

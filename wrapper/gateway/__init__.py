@@ -14,7 +14,5 @@ metrics.py     Prometheus text exposition
 accesslog.py   one line per request: id, key id, model, status, latency, bytes
 app.py         the ASGI app: a lean hot path for chat and score, FastAPI for the rest
 small.py       FastAPI for the small endpoints: models, healthz, readyz, metrics, docs
-protocol.py    the lean HTTP/1.1 server (httptools) that runs the ASGI app
-server.py      starts it: CLI (signals) or a background thread; graceful shutdown
-standin.py     a fast LLaMA-Factory API stand-in for the tests and the benchmark
+server.py      serves it on granian (limits, TLS, HTTP/2): CLI (signals) or a thread; graceful drain
 """

@@ -81,22 +81,51 @@ class Gateway:
         self._flusher: asyncio.Future[None] | None = None
         self.started = time.time()
         self._small: Any = None
+        self._in_flight: set[asyncio.Task[Any] | None] = set()
 
     # ---- ASGI entry -------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
-            if path == CHAT_PATH or path == SCORE_PATH:
-                await self._proxy(scope, receive, send, path)
-                return
-            if self._small is None:
-                from wrapper.gateway.small import build_small_app  # FastAPI: imported on first use
-
-                self._small = build_small_app(self)
-                _freeze_heap()
-            await self._small(scope, receive, send)
+            task = asyncio.current_task()
+            self._in_flight.add(task)
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._in_flight.discard(task)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        url_bytes = len(scope.get("raw_path") or path) + len(scope.get("query_string") or b"")
+        if url_bytes > self.settings.max_url_bytes:  # the server itself only bounds the header block
+            failure = ApiError(
+                414,
+                f"The URL is {url_bytes} bytes; this gateway accepts at most {self.settings.max_url_bytes}.",
+                code="uri_too_long",
+            )
+            await send_response(send, 414, failure.body(), [*failure.headers(), (b"connection", b"close")])
+            return
+        if path == CHAT_PATH or path == SCORE_PATH:
+            await self._proxy(scope, receive, send, path)
+            return
+        if self._small is None:
+            from wrapper.gateway.small import build_small_app  # FastAPI: imported on first use
+
+            self._small = build_small_app(self)
+            _freeze_heap()
+        await self._small(scope, receive, send)
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of this gateway's counters."""
+        return self.metrics.render()
+
+    def cancel_in_flight(self) -> int:
+        """Cancel every request still running (shutdown past shutdown_timeout); returns how many."""
+        tasks = [task for task in self._in_flight if task is not None and not task.done()]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -181,6 +210,34 @@ class Gateway:
         return [name for name in self.upstreams if record is None or record.allows(name)]
 
     async def _read_body(self, receive: Any, declared: int | None) -> bytes:
+        # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
+        # (a timer that cancels this task, as asyncio.timeout does on 3.11+)
+        timeout = self.settings.body_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
+        try:
+            return await self._read_body_now(receive, declared)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise ApiError(
+                408,
+                f"The request body did not arrive within {timeout:g} s (body_timeout).",
+                code="request_timeout",
+            ) from None
+        finally:
+            timer.cancel()
+
+    async def _read_body_now(self, receive: Any, declared: int | None) -> bytes:
         limit = self.settings.max_body_bytes
         if declared is not None and declared > limit:
             raise ApiError(

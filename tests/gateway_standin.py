@@ -9,7 +9,7 @@ A request may steer it with a body field LLaMA-Factory would drop: "standin": {"
 mode "fail_mid_stream" (close the connection after two chunks), "detail_400", "error_500", "garbage",
 "slow_plain" (answer after 2 s).
 
-    $ python -m wrapper.gateway.standin --port 8001 --chunks 16 --interval-ms 5
+    $ python tests/gateway_standin.py --port 8001 --chunks 16 --interval-ms 5
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ them, the first chunk carries only the role and no usage is sent when streaming.
 
 A request may steer it with a body field LLaMA-Factory would drop: "standin": {"mode": ...} with
 mode "fail_mid_stream" (close the connection after two chunks), "detail_400", "error_500", "garbage",
-"slow_plain" (answer after 2 s).
+"slow_plain" (answer after 2 s), "hold_plain" (answer after 10 s unless the caller leaves first, which
+counts in `disconnects`), "big_plain" (an answer with a reply of "bytes" bytes), "truncated_json",
+"no_done" (a stream without [DONE]), "stall_stream" (two chunks, then silence for 10 s).
 
     $ python tests/gateway_standin.py --port 8001 --chunks 16 --interval-ms 5
 """
@@ -126,10 +128,35 @@ class StandIn:
             await _send(send, 200, self._plain)
         elif mode == "garbage":
             await _send(send, 200, b"<html>not json</html>", b"text/html")
+        elif mode == "truncated_json":
+            await _send(send, 200, self._plain[: len(self._plain) // 2])
+        elif mode == "hold_plain":
+            if await self._left_within(receive, 10.0):
+                self.disconnects += 1
+                return
+            await _send(send, 200, self._plain)
+        elif mode == "big_plain":
+            size = int(request["standin"].get("bytes", 1 << 20))
+            answer = orjson.loads(self._plain)
+            answer["choices"][0]["message"]["content"] = "x" * size
+            await _send(send, 200, orjson.dumps(answer))
         elif request.get("stream"):
             await self._stream(receive, send, mode)
         else:
             await _send(send, 200, self._plain)
+
+    async def _left_within(self, receive: Any, seconds: float) -> bool:
+        """True when the caller disconnects within `seconds`."""
+
+        async def left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            await asyncio.wait_for(left(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def _stream(self, receive: Any, send: Any, mode: str | None) -> None:
         gone = asyncio.Event()
@@ -158,6 +185,13 @@ class StandIn:
             for index, event in enumerate(events):
                 if mode == "fail_mid_stream" and index == 3:
                     raise ConnectionAbortedError("stand-in: failing mid-stream on purpose")
+                if mode == "no_done" and event.startswith(b"data: [DONE]"):
+                    break
+                if mode == "stall_stream" and index == 2:
+                    try:
+                        await asyncio.wait_for(gone.wait(), 10.0)
+                    except asyncio.TimeoutError:
+                        pass
                 if self.interval_s and index:
                     try:
                         await asyncio.wait_for(gone.wait(), self.interval_s)

@@ -17,17 +17,39 @@ from urllib.parse import urlsplit
 
 import httptools
 
-MAX_BUFFER = 1 << 20  # stop reading from the upstream while this much is waiting for the caller
+MAX_BUFFER = 1 << 20  # streaming: stop reading from the upstream while this much waits for the caller
 MAX_IDLE = 512
 _FRAMING = (b"content-length", b"transfer-encoding")  # the answer's end is known without a close
 
 
 class UpstreamError(Exception):
-    """kind: "connect" (refused, unreachable), "timeout" (connect or read), "protocol" (broken answer)."""
+    """A failed exchange with an upstream; `kind` names the subclass for metrics labels."""
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
+    kind = "protocol"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The connection was refused or the address unreachable."""
+
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    """No connection within connect_timeout, or no data for read_timeout."""
+
+    kind = "timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """A broken answer: not HTTP, cut short, or closed mid-answer."""
+
+    kind = "protocol"
+
+
+class UpstreamTooLarge(UpstreamProtocolError):
+    """A whole answer (read()) larger than the caller's limit."""
+
+    kind = "too_large"
 
 
 class _Connection(asyncio.Protocol):
@@ -54,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self.received = False
         self.body: list[bytes] = []
         self.buffered = 0
+        self.limit = 0  # read(): the most a whole answer may be; 0 while streaming (pieces())
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
 
@@ -66,7 +89,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"malformed HTTP answer ({exc})"))
+            self._fail(UpstreamProtocolError(f"malformed HTTP answer ({exc})"))
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -78,7 +101,7 @@ class _Connection(asyncio.Protocol):
             self._wake()
         else:
             reason = f": {exc}" if exc else ""
-            self._fail(UpstreamError("protocol", f"the upstream closed the connection mid-answer{reason}"))
+            self._fail(UpstreamProtocolError(f"the upstream closed the connection mid-answer{reason}"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -95,8 +118,14 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > MAX_BUFFER and not self.paused and self.transport is not None:
-            self.paused = True
+        if self.limit:  # read(): collect up to the limit, then give up on this connection
+            if self.buffered > self.limit:
+                self.body = []
+                self._fail(UpstreamTooLarge(f"the answer is over {self.limit} bytes (max_response_bytes)"))
+                self.abort()
+                return
+        elif self.buffered > MAX_BUFFER and not self.paused and self.transport is not None:
+            self.paused = True  # pieces(): the caller is slower than the upstream; wait for it
             self.transport.pause_reading()
         self._wake()
 
@@ -151,7 +180,7 @@ class _Connection(asyncio.Protocol):
             self.timer_at = self.deadline
             self.timer = loop.call_at(self.deadline, self._expire)
         else:
-            waiter.set_exception(UpstreamError("timeout", f"no data for {self.timeout:g} s"))
+            waiter.set_exception(UpstreamTimeout(f"no data for {self.timeout:g} s"))
 
     def abort(self) -> None:
         self.closed = True
@@ -175,13 +204,22 @@ class Response:
         """The answer's headers, names in lower case (the last of repeated ones)."""
         return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self._raw_headers}
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int = 1 << 62) -> bytes:
+        """The whole answer; UpstreamTooLarge past `limit` bytes (the connection is dropped)."""
         conn = self._conn
         assert conn is not None, "response already consumed"
+        conn.limit = limit
+        if conn.paused and conn.transport is not None:
+            conn.paused = False
+            conn.transport.resume_reading()
+        if conn.buffered > limit:
+            conn.on_body(b"")
         while not conn.complete:
             if conn.error is not None:
                 raise conn.error
             await conn.wait(self._timeout)
+        if conn.error is not None:  # e.g. over the limit, then the upstream closed
+            raise conn.error
         body = conn.take_body()
         self._finish()
         return body
@@ -236,9 +274,9 @@ class Pool:
                 self.connect_timeout,
             )
         except asyncio.TimeoutError:
-            raise UpstreamError("timeout", f"no connection within {self.connect_timeout:g} s") from None
+            raise UpstreamTimeout(f"no connection within {self.connect_timeout:g} s") from None
         except OSError as exc:
-            raise UpstreamError("connect", exc.strerror or str(exc) or exc.__class__.__name__) from None
+            raise UpstreamConnectError(exc.strerror or str(exc) or exc.__class__.__name__) from None
         return conn
 
     def head(self, method: str, path: str, body_length: int, extra: str) -> bytes:
@@ -272,7 +310,7 @@ class Pool:
                     await conn.wait(read_timeout)
             except UpstreamError as exc:
                 conn.abort()
-                if reused and attempt == 0 and exc.kind == "protocol" and not conn.received:
+                if reused and attempt == 0 and isinstance(exc, UpstreamProtocolError) and not conn.received:
                     continue  # a kept-alive connection the upstream had closed: once more on a fresh one
                 raise
             except BaseException:

@@ -10,7 +10,7 @@ import click
 from wrapper.errors import UsageError
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -139,7 +139,7 @@ def gateway(
         raise UsageError(
             "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
         )
-    if settings.auth == "open" and not _is_loopback(settings.host):
+    if settings.auth == "open" and not is_loopback(settings.host):
         raise UsageError(
             f"Refusing to run without API keys on {settings.host}: use --host 127.0.0.1 with --open, "
             "or create keys with `lfwrap keys create`."

@@ -19,7 +19,7 @@ Examples:
   $ lfwrap serve conch --port 8001 --api-key sk-local --model-name conch
   $ lfwrap serve --model ~/.lfwrap/runs/conch/merged --template default
   $ lfwrap serve conch --backend docker
-  $ lfwrap serve conch --host 0.0.0.0 --api-key "$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+  $ lfwrap serve conch --host 0.0.0.0 --api-key "$LF_API_KEY"     # off loopback: a key is required
 """
 
 

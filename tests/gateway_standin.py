@@ -9,7 +9,8 @@ A request may steer it with a body field LLaMA-Factory would drop: "standin": {"
 mode "fail_mid_stream" (close the connection after two chunks), "detail_400", "error_500", "garbage",
 "slow_plain" (answer after 2 s), "hold_plain" (answer after 10 s unless the caller leaves first, which
 counts in `disconnects`), "big_plain" (an answer with a reply of "bytes" bytes), "truncated_json",
-"no_done" (a stream without [DONE]), "stall_stream" (two chunks, then silence for 10 s).
+"no_done" (a stream without [DONE]), "stall_stream" (two chunks, then silence for 10 s), "echo" (a
+stream whose reply is the last message's content).
 
     $ python tests/gateway_standin.py --port 8001 --chunks 16 --interval-ms 5
 """
@@ -119,6 +120,11 @@ class StandIn:
             return
         request = orjson.loads(body)
         mode = (request.get("standin") or {}).get("mode")
+        if mode == "echo":  # the reply is the last message's content: streams can be told apart
+            reply = str(request["messages"][-1]["content"])
+            step = max(1, -(-len(reply) // self.chunks))
+            await self._stream(receive, send, None, [reply[i : i + step] for i in range(0, len(reply), step)])
+            return
         if mode == "detail_400":
             await _send(send, 400, b'{"detail":"Invalid role"}')
         elif mode == "error_500":
@@ -158,7 +164,9 @@ class StandIn:
             return False
         return True
 
-    async def _stream(self, receive: Any, send: Any, mode: str | None) -> None:
+    async def _stream(
+        self, receive: Any, send: Any, mode: str | None, pieces: list[str] | None = None
+    ) -> None:
         gone = asyncio.Event()
 
         async def watch() -> None:
@@ -180,7 +188,7 @@ class StandIn:
                 }
             )
             events = [self._chunk({"role": "assistant", "content": ""})]
-            events += [self._chunk({"content": piece}) for piece in self._pieces]
+            events += [self._chunk({"content": piece}) for piece in (pieces or self._pieces)]
             events += [self._chunk({}, "stop"), b"data: [DONE]\r\n\r\n"]
             for index, event in enumerate(events):
                 if mode == "fail_mid_stream" and index == 3:

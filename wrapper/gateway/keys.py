@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -149,7 +150,7 @@ class KeyCache:
         self.timeout_s = timeout_s
         self._version = store.data_version()
         self._by_hash = store.active_hashes()
-        self._known: dict[str, KeyRecord] = {}  # keys seen valid since the last reload: no hash per request
+        self._hash_of = {record.key_id: digest for digest, record in self._by_hash.items()}
         self._checked = time.monotonic()
         self._reading: asyncio.Future[None] | None = None
         self.failures = 0
@@ -164,7 +165,8 @@ class KeyCache:
         version = self.store.data_version()
         if version != self._version:
             by_hash = self.store.active_hashes()
-            self._by_hash, self._known, self._version = by_hash, {}, version
+            self._hash_of = {record.key_id: digest for digest, record in by_hash.items()}
+            self._by_hash, self._version = by_hash, version
 
     async def refresh(self, *, join: bool = True) -> None:
         """Re-read the file when refresh_s has passed since the last try, waiting at most timeout_s.
@@ -194,9 +196,11 @@ class KeyCache:
             future.exception()  # retrieved here so asyncio does not log it as never retrieved
 
     def lookup(self, key: str) -> KeyRecord | None:
-        record = self._known.get(key)
+        """The active key's record, or None. The key is hashed first (an index on the hash reveals
+        nothing about the key), then the stored hash is compared in constant time."""
+        digest = hash_key(key)
+        record = self._by_hash.get(digest)
         if record is None:
-            record = self._by_hash.get(hash_key(key))
-            if record is not None and len(self._known) < 4096:  # only valid keys: callers cannot fill it
-                self._known[key] = record
-        return record
+            return None
+        stored = self._hash_of[record.key_id]
+        return record if hmac.compare_digest(stored, digest) else None

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wrapper.gateway.keys import KeyRecord
 from wrapper.gateway.oai import ApiError
+from wrapper.gateway.openapi_doc import install_openapi
 
 
 class GatewayView(Protocol):
@@ -43,6 +44,8 @@ def build_small_app(gateway: GatewayView) -> FastAPI:
     app = FastAPI(
         title="lfwrap gateway", version="1", description="OpenAI-compatible front for LLaMA-Factory."
     )
+
+    install_openapi(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

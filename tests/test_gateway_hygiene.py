@@ -4,6 +4,7 @@ locked key store, request ids, upstream addresses kept from callers, keys for th
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import time
@@ -161,3 +162,22 @@ def test_oversized_request_line_on_a_proxied_path_is_refused_before_the_app(tmp_
         with serving(gateway) as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
             sock.sendall(b"POST /v1/chat/completions?" + b"q" * 9000 + b" HTTP/1.1\r\nhost: t\r\n\r\n")
             assert sock.recv(100).startswith(b"HTTP/1.1 414")
+
+
+def test_a_stream_reader_who_stops_reading_is_cut_after_send_timeout_and_frees_the_slot(tmp_path):
+    with serving(StandIn()) as up:
+        _, gateway = _gateway(
+            up.url, tmp_path, auth="open", send_timeout=1.0, max_body_bytes=30_000_000
+        )  # max_concurrency 1
+        with serving(gateway) as server, socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            message = {"role": "user", "content": "x" * 16_000_000}  # echoed back as a 16 MB stream
+            body = json.dumps({**CHAT, "messages": [message], "stream": True, "standin": {"mode": "echo"}})
+            data = body.encode()
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n" % len(data) + data
+            )  # and never read the answer
+            assert wait_until(lambda: 'status="499"' in gateway.metrics_text(), timeout=30)
+            resp = httpx.post(server.url + "/v1/chat/completions", json=CHAT, timeout=10)
+            assert resp.status_code == 200

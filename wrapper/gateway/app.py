@@ -272,31 +272,13 @@ class Gateway:
 
     async def _read_body(self, receive: Any, declared: int | None) -> bytes:
         # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
-        # (a timer that cancels this task, as asyncio.timeout does on 3.11+)
         timeout = self.settings.body_timeout
-        task = asyncio.current_task()
-        assert task is not None
-        expired = []
-
-        def expire() -> None:
-            expired.append(True)
-            task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
-        try:
-            return await self._read_body_now(receive, declared)
-        except asyncio.CancelledError:
-            if not expired:
-                raise
-            if hasattr(task, "uncancel"):
-                task.uncancel()
-            raise ApiError(
-                408,
-                f"The request body did not arrive within {timeout:g} s (body_timeout).",
-                code="request_timeout",
-            ) from None
-        finally:
-            timer.cancel()
+        failure = ApiError(
+            408,
+            f"The request body did not arrive within {timeout:g} s (body_timeout).",
+            code="request_timeout",
+        )
+        return await _within(self._read_body_now(receive, declared), timeout, failure)
 
     async def _read_body_now(self, receive: Any, declared: int | None) -> bytes:
         limit = self.settings.max_body_bytes
@@ -451,7 +433,9 @@ class Gateway:
         call.bytes_out = len(out)
         headers = [_JSON_TYPE, call.id_header, (b"content-length", b"%d" % len(out))]
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
-        await call.send({"type": "http.response.body", "body": out})
+        await _within(
+            call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected()
+        )  # a caller who stops reading is cut
         return 200
 
     async def _forward_stream(self, call: Call, upstream: Upstream) -> int:
@@ -459,6 +443,7 @@ class Gateway:
         if resp.status != 200:
             raise await upstream.error_from(resp)
         send = call.send
+        send_timeout = self.settings.send_timeout
         rewrite = StreamRewriter(call.model, call.include_usage)
         headers: Headers = [*SSE_HEADERS, call.id_header]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -477,7 +462,8 @@ class Gateway:
                 out = rewrite.events(complete)
                 if out:
                     call.bytes_out += len(out)
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    message = {"type": "http.response.body", "body": out, "more_body": True}
+                    await _within(send(message), send_timeout, Disconnected())
             if not rewrite.done:
                 raise UpstreamProtocolError("the upstream ended the stream before [DONE]")
             if call.include_usage:
@@ -493,6 +479,30 @@ class Gateway:
             resp.close()  # unless read to the end: drop the connection, the upstream request ends now
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 200
+
+
+async def _within(step: Any, timeout: float, failure: BaseException) -> Any:
+    """Await `step`, raising `failure` after `timeout` s: a timer that cancels the running task, as
+    asyncio.timeout does on 3.11+ (a task per wait would cost more on the hot path)."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await step
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        raise failure from None
+    finally:
+        timer.cancel()
 
 
 def _stream_error(err: ApiError) -> bytes:

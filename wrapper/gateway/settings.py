@@ -152,6 +152,12 @@ class GatewaySettings(BaseSettings):
     body_timeout: float = Field(
         default=15.0, gt=0, le=600, description="Seconds to receive a whole request body (408)."
     )
+    send_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds one write to a caller may wait; a caller who stops reading is cut off.",
+    )
     max_connections: int = Field(
         default=1024,
         ge=1,

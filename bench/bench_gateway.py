@@ -134,23 +134,6 @@ def main() -> None:
         )
         targets["lfwrap gateway"] = f"http://127.0.0.1:{port}"
 
-        # the same gateway with aiohttp's client instead of httpclient.py: the client's share
-        port = free_port()
-        config_aio = work / "gateway-aiohttp.yaml"
-        config_aio.write_text(
-            config.read_text().replace(f'"port": {json.loads(config.read_text())["port"]}', f'"port": {port}')
-        )
-        procs.append(
-            Proc(
-                "gateway-aiohttp",
-                python_cmd(str(HERE / "gateway" / "gateway_aiohttp.py"), str(config_aio)),
-                f"http://127.0.0.1:{port}/healthz",
-                work / "gateway-aiohttp.log",
-                env,
-            )
-        )
-        targets["lfwrap gateway, aiohttp client"] = f"http://127.0.0.1:{port}"
-
         for kind in ("starlette_aiohttp", "fastapi_httpx"):
             port = free_port()
             procs.append(
@@ -241,16 +224,12 @@ def main() -> None:
             )
 
         gw = results["lfwrap gateway"]
-        aio = results["lfwrap gateway, aiohttp client"]
         summary = [
             f"gateway added p50 c=1 {gw['p50'] - direct['p50']:+.3f} ms (goal <= 0.6)",
             f"req/s c=64 {gw['rps64'] / direct['rps64']:.2f}x direct (goal >= 0.5)",
             f"added TTFT {s_gateway['ttft_p50_ms'] - s_direct['ttft_p50_ms']:+.3f} ms",
             f"chunk gap p50 {s_gateway['gap_p50_ms'] - s_direct['gap_p50_ms']:+.3f} ms (goal within 1)",
         ]
-        summary.append(
-            f"httpclient.py {gw['rps64'] / aio['rps64']:.2f}x aiohttp client req/s (keep if >= 1.5)"
-        )
         if "nginx" in results:
             summary.append(f"nginx {results['nginx']['rps64'] / direct['rps64']:.2f}x direct")
         else:

@@ -26,6 +26,12 @@ Routes POST /v1/chat/completions by `model` to the configured upstreams (plain a
 passes /v1/score/evaluation through, and serves /v1/models, /healthz, /readyz and /metrics.
 Settings come from --config (YAML), then LFWRAP_* environment variables, then these flags.
 
+Safe to expose with its defaults: headers at most 64 KB / 100 and within 10 s, URLs at most 8 KB,
+bodies at most 4 MB and within 15 s, 1,024 connections, SIGTERM drains streams for up to 30 s;
+each limit is a setting (max_header_bytes, header_timeout, max_url_bytes, max_body_bytes,
+body_timeout, max_connections, send_timeout, max_response_bytes, shutdown_timeout; see
+docs/RELIABILITY.md). --tls-cert/--tls-key serve HTTPS, with HTTP/2 by ALPN.
+
 Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
 With no key created yet the gateway still starts, but answers 401 to every request until you
 create one. --open turns key checks off (refused unless --host is a loopback address).

@@ -174,7 +174,7 @@ class Gateway:
             self._flusher.cancel()
         accesslog.flush()
         for upstream in self.upstreams.values():
-            upstream.close()
+            await upstream.aclose()
 
     async def _flush_logs(self, every_s: float = 0.5) -> None:
         while True:

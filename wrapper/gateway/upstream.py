@@ -41,9 +41,9 @@ class Upstream:
         self.limiter = Limiter(route.max_concurrency, route.max_queue)
         self.counter = TokenCounter(route.name, route.tokenizer)
         self.pool = Pool(route.upstream, route.connect_timeout)
-        self._auth = ""
+        self._auth: dict[str, str] = {}
         if route.upstream_key is not None:
-            self._auth = f"Authorization: Bearer {route.upstream_key.get_secret_value()}\r\n"
+            self._auth = {"Authorization": f"Bearer {route.upstream_key.get_secret_value()}"}
         metrics.gauges[route.name] = (lambda: self.limiter.in_flight, lambda: self.limiter.queued)
 
     @asynccontextmanager
@@ -106,7 +106,7 @@ class Upstream:
         return ApiError(502, f"{where} gave a broken answer: {exc}.", code="bad_upstream_response")
 
     async def post(self, path: str, body: bytes, request_id: str) -> Response:
-        extra = f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n{self._auth}"
+        extra = {"Content-Type": "application/json", "x-request-id": request_id, **self._auth}
         try:
             return await self.pool.request("POST", path, body, extra, self.route.read_timeout)
         except UpstreamError as exc:
@@ -192,5 +192,5 @@ class Upstream:
             return f"{exc.kind}: {exc}"
         return None if resp.status == 200 else f"GET /v1/models answered {resp.status}"
 
-    def close(self) -> None:
-        self.pool.close()
+    async def aclose(self) -> None:
+        await self.pool.aclose()

@@ -70,6 +70,15 @@ class Response:
 
     async def read(self, limit: int = 1 << 62) -> bytes:
         """The whole answer; UpstreamTooLarge past `limit` bytes (the connection is dropped)."""
+        resp = self._resp
+        if resp.content_length is not None and resp.content_length <= limit:  # the usual case
+            try:
+                body = await resp.read()
+            except _FAILURES as exc:
+                resp.close()
+                raise _typed(exc) from None
+            resp.release()
+            return body
         chunks, size = [], 0
         try:
             async for chunk in self._resp.content.iter_any():
@@ -106,6 +115,7 @@ class Pool:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -120,12 +130,14 @@ class Pool:
         self, method: str, path: str, body: bytes, headers: dict[str, str], read_timeout: float
     ) -> Response:
         """Send one request; returns once the status line and headers are in."""
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.connect_timeout,
-            sock_connect=self.connect_timeout,
-            sock_read=read_timeout,
-        )
+        timeout = self._timeouts.get(read_timeout)
+        if timeout is None:  # one per distinct read_timeout, not one per request
+            timeout = self._timeouts[read_timeout] = aiohttp.ClientTimeout(
+                total=None,
+                connect=self.connect_timeout,
+                sock_connect=self.connect_timeout,
+                sock_read=read_timeout,
+            )
         for attempt in (0, 1):
             try:
                 resp = await self._client().request(

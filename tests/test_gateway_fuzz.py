@@ -78,3 +78,14 @@ def test_the_openapi_document_describes_the_proxied_endpoints(tmp_path, path):
     assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OpenAIError"
     }
+
+
+@pytest.mark.parametrize("role", [["user"], {"a": 1}, 7, None])
+def test_a_role_that_is_not_a_string_is_a_400_not_a_crash(role):
+    """Found by the fuzzing above: a list as `role` raised TypeError (a 500)."""
+    from wrapper.gateway.checks import check_chat
+    from wrapper.gateway.oai import ApiError
+
+    with pytest.raises(ApiError) as info:
+        check_chat({"model": "conch", "messages": [{"role": role, "content": "hi"}]})
+    assert info.value.status == 400 and info.value.param == "messages"

@@ -57,9 +57,10 @@ def check_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise _bad(f"messages[{index}] must be an object with 'role' and 'content'.", "messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
+            shown = repr(role)[:40]  # caller-chosen: quoted and cut
             raise _bad(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}.", "messages"
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}, got {shown}.", "messages"
             )
         _check_content(index, message.get("content"))
     turns = messages[1:] if messages[0]["role"] == "system" else messages

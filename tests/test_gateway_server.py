@@ -360,3 +360,34 @@ def test_start_background_and_port_in_use(tmp_path):
             taken = settings.model_copy(update={"port": int(running.url.rsplit(":", 1)[1])})
             with pytest.raises(GatewayError, match="cannot listen on 127.0.0.1"):
                 start_background(taken, timeout=5)
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_serves_https_and_offers_http2_by_alpn(tmp_path):
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    with gateway_on(StandIn(), tmp_path, tls_cert=cert, tls_key=key) as (server, _):
+        context = ssl.create_default_context(cafile=str(cert))
+        resp = httpx.post(f"https://127.0.0.1:{server.port}/v1/chat/completions", json=CHAT, verify=context)
+        assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == REPLY
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.selected_alpn_protocol() == "h2"
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets nothing
+            httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=3)

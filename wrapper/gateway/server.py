@@ -172,11 +172,36 @@ class GatewayServer:
                     loop.remove_signal_handler(sig)
 
 
+def _raise_fd_limit(max_connections: int) -> None:
+    """Each caller connection may hold an upstream connection too: make room for both, up to the
+    hard limit, so the connection cap is reached before the process runs out of file descriptors."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return
+        if target < wanted:
+            log.warning(
+                "open files limited to %d: fewer than max_connections %d needs; lower max_connections or "
+                "raise `ulimit -n`",
+                target,
+                max_connections,
+            )
+
+
 def run(settings: GatewaySettings, *, log_level: str = "info") -> None:
     if settings.access_log:
         accesslog.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("lfwrap").setLevel(log_level.upper())
+    _raise_fd_limit(settings.max_connections)
     server = GatewayServer(build_gateway(settings))
     gc.set_threshold(10_000, 10, 10)  # young collections every 10k allocations, not every 700
     server.run(signals=True)

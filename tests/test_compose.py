@@ -143,11 +143,12 @@ def test_gpu_reservations(resolved) -> None:
 
 def test_ports(resolved) -> None:
     services = resolved["services"]
-    assert services["webui"]["ports"] == ["7860:7860"]
+    assert services["webui"]["ports"] == ["127.0.0.1:7860:7860"]  # no authentication: loopback only
     assert services["webui"]["environment"]["GRADIO_SERVER_NAME"] == "0.0.0.0"
     assert services["webui"]["environment"]["GRADIO_SERVER_PORT"] == "7860"
     # The API server listens for the gateway; on the host it is reachable from localhost only.
     assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["api"]["environment"]["API_VERBOSE"] == "0"  # no request bodies in its log
     assert services["api"]["environment"]["API_PORT"] == "8000"
     assert services["gateway"]["ports"] == ["8080:8080"]
     assert "ports" not in services["train"]

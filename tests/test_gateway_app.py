@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gateway_standin import REPLY, StandIn
 from test_gateway_support import (  # noqa: F401
     free_port,
     make_gateway,
@@ -20,8 +21,6 @@ from test_gateway_support import (  # noqa: F401
     standin,
     wait_until,
 )
-
-from wrapper.gateway.standin import REPLY, StandIn
 
 CHAT = {"model": "conch", "messages": [{"role": "user", "content": "请问你是谁"}]}
 

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+from gateway_standin import REPLY, StandIn
 from test_gateway_support import free_port, serving, wait_until
-
-from wrapper.gateway.standin import REPLY, StandIn
 
 CHAT = {"model": "conch", "messages": [{"role": "user", "content": "请问你是谁"}]}
 

@@ -12,9 +12,8 @@ from typing import Any
 import openai
 import pytest
 from fixtures_models import IDENTITY_ANSWER, IDENTITY_QUESTION
+from gateway_standin import StandIn
 from test_gateway_support import ServerThread, free_port, make_gateway, make_settings, new_key, wait_until
-
-from wrapper.gateway.standin import StandIn
 
 pytestmark = pytest.mark.e2e
 
@@ -151,3 +150,10 @@ def test_upstream_down_is_503(stack):
         client(stack).chat.completions.create(model="gone", messages=QUESTION)
     assert down.value.status_code == 503
     assert down.value.response.headers["retry-after"] == "5"
+
+
+def test_the_api_servers_log_holds_no_message_content(stack):
+    client(stack).chat.completions.create(model="conch", messages=QUESTION, max_tokens=4)
+    log = stack["lf"].log_path.read_text(encoding="utf-8", errors="replace")
+    assert "/v1/chat/completions" in log or "Uvicorn running" in log  # it is the server's log
+    assert IDENTITY_QUESTION not in log  # API_VERBOSE=0: LLaMA-Factory does not log request bodies

@@ -1,7 +1,7 @@
 """Helpers for the gateway tests (no tests here): real servers on 127.0.0.1 in threads.
 
-A Gateway app is served by the gateway's own lean server (what `lfwrap gateway` runs); any other app
-(the stand-in upstream) by uvicorn."""
+A Gateway app is served by the gateway's own server (granian, what `lfwrap gateway` runs); any other
+app (the stand-in upstream) by uvicorn."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from gateway_standin import StandIn
 
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.keys import KeyCache, KeyStore
-from wrapper.gateway.protocol import LeanServer
+from wrapper.gateway.server import GatewayServer
 from wrapper.gateway.settings import GatewaySettings, ModelRoute
-from wrapper.gateway.standin import StandIn
 
 
 def free_port() -> int:
@@ -30,21 +30,18 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real server on 127.0.0.1 in a background thread: LeanServer for a Gateway, else uvicorn."""
+    """A real server on 127.0.0.1 in a background thread: GatewayServer for a Gateway, else uvicorn."""
 
     def __init__(self, app: Any, port: int | None = None, graceful_s: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: Any
         if isinstance(app, Gateway):
-            settings = app.settings
-            self.server = LeanServer(
-                app,
-                host="127.0.0.1",
-                port=self.port,
-                max_body_bytes=settings.max_body_bytes,
-                shutdown_timeout=settings.shutdown_timeout if graceful_s is None else graceful_s,
-            )
+            update: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+            if graceful_s is not None:
+                update["shutdown_timeout"] = graceful_s
+            app.settings = app.settings.model_copy(update=update)
+            self.server = GatewayServer(app)
         else:
             config = uvicorn.Config(
                 app,
@@ -59,7 +56,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def _started(self) -> bool:
-        if isinstance(self.server, LeanServer):
+        if isinstance(self.server, GatewayServer):
             return self.server.started.is_set()
         return bool(self.server.started)
 
@@ -73,7 +70,7 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
-        if isinstance(self.server, LeanServer):
+        if isinstance(self.server, GatewayServer):
             self.server.stop()
         else:
             self.server.should_exit = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_lookup_allows_and_revoke(tmp_path: Path):
     assert found.allows("conch") and not found.allows("krabs")
     assert cache.lookup(key + "x") is None
     store.revoke(record.key_id)
+    asyncio.run(cache.refresh())
     assert cache.lookup(key) is None  # the other connection's change is seen
     with pytest.raises(GatewayError, match="already revoked"):
         store.revoke(record.key_id)

@@ -10,7 +10,7 @@ import click
 from wrapper.errors import UsageError
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -25,6 +25,12 @@ def _is_loopback(host: str) -> bool:
 Routes POST /v1/chat/completions by `model` to the configured upstreams (plain and SSE streaming),
 passes /v1/score/evaluation through, and serves /v1/models, /healthz, /readyz and /metrics.
 Settings come from --config (YAML), then LFWRAP_* environment variables, then these flags.
+
+Safe to expose with its defaults: headers at most 64 KB / 100 and within 10 s, URLs at most 8 KB,
+bodies at most 4 MB and within 15 s, 1,024 connections, SIGTERM drains streams for up to 30 s;
+each limit is a setting (max_header_bytes, header_timeout, max_url_bytes, max_body_bytes,
+body_timeout, max_connections, send_timeout, max_response_bytes, shutdown_timeout; see
+docs/RELIABILITY.md). --tls-cert/--tls-key serve HTTPS, with HTTP/2 by ALPN.
 
 Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
 With no key created yet the gateway still starts, but answers 401 to every request until you
@@ -47,6 +53,7 @@ Examples:
   $ lfwrap keys create                       # prints the key once
   $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
   $ lfwrap gateway --config gateway.yaml --port 8080
+  $ lfwrap gateway --config gateway.yaml --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
 """,
 )
@@ -77,6 +84,18 @@ Examples:
     default=None,
     help="tokenizer.json or model folder of --upstream's model, for exact usage counts.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate: serve HTTPS (HTTP/2 offered by ALPN); needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key for --tls-cert.",
+)
 @click.option("--open", "open_", is_flag=True, help="Accept requests without an API key (loopback only).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def gateway(
@@ -88,6 +107,8 @@ def gateway(
     upstream_key: str | None,
     max_concurrency: int | None,
     tokenizer: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     open_: bool,
     log_level: str,
 ) -> None:
@@ -99,7 +120,16 @@ def gateway(
         raise UsageError(
             "--upstream and --model go together: --upstream http://127.0.0.1:8000 --model conch."
         )
-    settings = load_settings(config, host=host, port=port, auth="open" if open_ else None)
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: pass both to serve HTTPS.")
+    flags = {
+        "host": host,
+        "port": port,
+        "auth": "open" if open_ else None,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
+    settings = load_settings(config, **flags)
     if upstream is not None and model is not None:
         quick = {
             "name": model,
@@ -110,18 +140,12 @@ def gateway(
         }
         models = [r.model_dump() for r in settings.models if r.name != model]
         models.append({k: v for k, v in quick.items() if v is not None})
-        settings = load_settings(
-            config,
-            host=host,
-            port=port,
-            auth="open" if open_ else None,
-            models=[ModelRoute.model_validate(m) for m in models],
-        )
+        settings = load_settings(config, **flags, models=[ModelRoute.model_validate(m) for m in models])
     if not settings.models:
         raise UsageError(
             "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
         )
-    if settings.auth == "open" and not _is_loopback(settings.host):
+    if settings.auth == "open" and not is_loopback(settings.host):
         raise UsageError(
             f"Refusing to run without API keys on {settings.host}: use --host 127.0.0.1 with --open, "
             "or create keys with `lfwrap keys create`."
@@ -146,5 +170,6 @@ def gateway(
             )
         else:
             click.echo(f"auth: keys - {count} active key(s) in {settings.keys_path()}.", err=True)
-    click.echo(f"OpenAI base URL: http://{settings.host}:{settings.port}/v1", err=True)
+    scheme = "https" if settings.tls_cert is not None else "http"
+    click.echo(f"OpenAI base URL: {scheme}://{settings.host}:{settings.port}/v1", err=True)
     server.run(settings, log_level=log_level)

@@ -10,7 +10,8 @@ HELP = """Serve a finished run (base model + its LoRA adapter) or a model folder
 API server, wait until it answers, print its URL, and keep it running until Ctrl-C.
 
 The server speaks the OpenAI chat API (GET /v1/models, POST /v1/chat/completions) and serves one
-model at a time; put `lfwrap gateway` in front of it for keys and more clients.
+model at a time; put `lfwrap gateway` in front of it for keys and more clients. On an address
+other than loopback it refuses to start without --api-key. Request bodies are not logged (API_VERBOSE=0).
 
 \b
 Examples:
@@ -18,6 +19,7 @@ Examples:
   $ lfwrap serve conch --port 8001 --api-key sk-local --model-name conch
   $ lfwrap serve --model ~/.lfwrap/runs/conch/merged --template default
   $ lfwrap serve conch --backend docker
+  $ lfwrap serve conch --host 0.0.0.0 --api-key "$LF_API_KEY"     # off loopback: a key is required
 """
 
 
@@ -47,6 +49,14 @@ def serve(
 
     sigterm_as_interrupt()
 
+    from wrapper.cli.gateway_cmd import is_loopback
+
+    if not api_key and not is_loopback(host):
+        raise UsageError(
+            f"Refusing to serve on {host} without --api-key: anyone who reaches that address could use "
+            "the model. Pass --api-key (or LFWRAP_API_KEY), or keep --host 127.0.0.1 and put "
+            "`lfwrap gateway` in front."
+        )
     if bool(run) == bool(model):
         raise UsageError("Give either a run name or --model PATH (not both); list runs with `lfwrap runs`.")
     options = dict(port=port, host=host, api_key=api_key, model_name=model_name, backend=backend)

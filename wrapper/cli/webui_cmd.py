@@ -52,6 +52,15 @@ def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, tim
 
     if image and backend != "docker":
         raise UsageError("--image only applies to --backend docker; add --backend docker or drop --image.")
+    from wrapper.cli.gateway_cmd import is_loopback
+
+    if not is_loopback(host):
+        click.echo(
+            f"warning: LLaMA Board has no authentication: anyone who reaches {host}:{port} can train, "
+            "read datasets and use the models. Keep it on 127.0.0.1 (an SSH tunnel reaches it) unless "
+            "the network is yours alone.",
+            err=True,
+        )
     if backend == "local":
         ui = lib.start_local(host=host, port=port)
     else:

@@ -1,9 +1,12 @@
 """The gateway's ASGI app.
 
 The two proxied endpoints (POST /v1/chat/completions, POST /v1/score/evaluation) run on a lean raw-ASGI
-path: no routing framework, no request models, orjson, keep-alive upstream pools
-(httpclient.py). Everything else
-(/v1/models, /healthz, /readyz, /metrics, /docs) is a small FastAPI app behind it.
+path: no routing framework, no request models, orjson, keep-alive upstream pools (httpclient.py).
+Everything else (/v1/models, /healthz, /readyz, /metrics, /docs) is a small FastAPI app behind it
+(small.py, which sees the gateway only through the few methods it calls).
+
+Order on the hot path, cheapest refusal first: URL length, method, key, rate limit, body (size and
+time), JSON, request checks (model name length included), route, queue slot, upstream.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import difflib
 import gc
-import itertools
 import logging
-import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,11 +24,10 @@ import orjson
 from wrapper.gateway import accesslog
 from wrapper.gateway.accesslog import log_request
 from wrapper.gateway.checks import check_chat, check_score
-from wrapper.gateway.httpclient import UpstreamError
+from wrapper.gateway.httpclient import UpstreamError, UpstreamProtocolError
 from wrapper.gateway.keys import KeyCache, KeyRecord
-from wrapper.gateway.limiter import QueueFull, QueueTimeout
 from wrapper.gateway.metrics import Metrics
-from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, send_response
+from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, request_id, send_response
 from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
 from wrapper.gateway.settings import GatewaySettings
 from wrapper.gateway.sse import StreamRewriter
@@ -36,19 +37,8 @@ log = logging.getLogger("lfwrap.gateway")
 
 CHAT_PATH = "/v1/chat/completions"
 SCORE_PATH = "/v1/score/evaluation"
+OPS_PATHS = frozenset({"/metrics", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _JSON_TYPE = (b"content-type", b"application/json")
-_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
-# generated ids: 32 hex digits, a random per-process prefix and a counter (no syscall per request)
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
-
-
-def _request_id(value: bytes | None) -> str:
-    if value:
-        text = value.decode("latin-1")
-        if len(text) <= 128 and all(c in _SAFE_ID for c in text):
-            return text
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _freeze_heap() -> None:
@@ -68,6 +58,28 @@ class Disconnected(Exception):
     """The caller went away before the answer was complete."""
 
 
+@dataclass(slots=True)
+class Call:
+    """One proxied request: what it asks, and what the access log and metrics record about it."""
+
+    receive: Any
+    send: Any
+    path: str
+    method: str
+    request_id: str
+    id_header: tuple[bytes, bytes]
+    start: float = field(default_factory=time.perf_counter)
+    key_id: str = "-"
+    model: str = ""
+    status: int = 500
+    bytes_in: int = 0
+    bytes_out: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""
+    stream: bool = False
+    include_usage: bool = False
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, keys: KeyCache | None):
         if settings.auth == "keys" and keys is None:
@@ -81,22 +93,64 @@ class Gateway:
         self._flusher: asyncio.Future[None] | None = None
         self.started = time.time()
         self._small: Any = None
+        self._in_flight: set[asyncio.Task[Any] | None] = set()
 
     # ---- ASGI entry -------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            path = scope["path"]
-            if path == CHAT_PATH or path == SCORE_PATH:
-                await self._proxy(scope, receive, send, path)
-                return
-            if self._small is None:
-                from wrapper.gateway.small import build_small_app  # FastAPI: imported on first use
-
-                self._small = build_small_app(self)
-                _freeze_heap()
-            await self._small(scope, receive, send)
+            task = asyncio.current_task()
+            self._in_flight.add(task)
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._in_flight.discard(task)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        authorization = rid_raw = length_raw = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                rid_raw = value
+            elif name == b"content-length":
+                length_raw = value
+        rid = request_id(rid_raw)
+        id_header = (b"x-request-id", rid.encode())
+        url_bytes = len(scope.get("raw_path") or path) + len(scope.get("query_string") or b"")
+        if url_bytes > self.settings.max_url_bytes:  # the server itself only bounds the header block
+            failure = ApiError(
+                414,
+                f"The URL is {url_bytes} bytes; this gateway accepts at most {self.settings.max_url_bytes}.",
+                code="uri_too_long",
+            )
+            await send_response(send, 414, failure.body(), [*failure.headers(), id_header])
+            return
+        if path == CHAT_PATH or path == SCORE_PATH:
+            call = Call(receive, send, path, scope["method"], rid, id_header)
+            await self._proxy(call, authorization, length_raw)
+            return
+        if self.settings.ops_need_key and path in OPS_PATHS:
+            try:
+                await self.authenticate(authorization)
+            except ApiError as err:
+                await send_response(send, err.status, err.body(), [*err.headers(), id_header])
+                return
+        if self._small is None:
+            from wrapper.gateway.small import build_small_app  # FastAPI: imported on first use
+
+            self._small = build_small_app(self)
+            _freeze_heap()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":  # the sanitised id, never the caller's raw one
+                kept = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                message["headers"] = [*kept, id_header]
+            await send(message)
+
+        await self._small(scope, receive, send_with_id)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -120,15 +174,34 @@ class Gateway:
             self._flusher.cancel()
         accesslog.flush()
         for upstream in self.upstreams.values():
-            upstream.close()
+            await upstream.aclose()
 
     async def _flush_logs(self, every_s: float = 0.5) -> None:
         while True:
             await asyncio.sleep(every_s)
             accesslog.flush()
 
+    def cancel_in_flight(self) -> int:
+        """Cancel every request still running (shutdown past shutdown_timeout); returns how many."""
+        tasks = [task for task in self._in_flight if task is not None and not task.done()]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    # ---- what the small endpoints and operators ask -----------------------------------------------
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, model -> "ok" or why not): ready when every upstream lists its models."""
+        names = list(self.upstreams)
+        results = await asyncio.gather(*(self.upstreams[n].ready() for n in names))
+        upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
+        return bool(names) and all(problem is None for problem in results), upstreams
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition of this gateway's counters."""
+        return self.metrics.render()
+
     # ---- shared checks ----------------------------------------------------------------------------
-    def authenticate(self, authorization: bytes | None) -> KeyRecord | None:
+    async def authenticate(self, authorization: bytes | None) -> KeyRecord | None:
         """The caller's key record; None when the gateway runs open. Raises 401."""
         if self.keys is None:
             return None
@@ -140,7 +213,13 @@ class Gateway:
                 code="invalid_api_key",
             )
         scheme, _, key = authorization.decode("latin-1").partition(" ")
-        record = self.keys.lookup(key.strip()) if scheme.lower() == "bearer" else None
+        key = key.strip()
+        bearer = scheme.lower() == "bearer" and 0 < len(key) <= 256
+        await self.keys.refresh(join=False)  # picks up `lfwrap keys` changes; never blocks for long
+        record = self.keys.lookup(key) if bearer else None
+        if record is None and bearer:
+            await self.keys.refresh()  # a key created a moment ago: wait for a read under way
+            record = self.keys.lookup(key)
         if record is None:
             if len(self.keys) == 0:
                 raise ApiError(
@@ -156,10 +235,21 @@ class Gateway:
             )
         return record
 
+    def check_rate(self, record: KeyRecord | None) -> None:
+        if record is not None and record.rpm is not None:
+            wait = self.rate.hit(record.key_id, record.rpm)
+            if wait:
+                raise ApiError(
+                    429,
+                    f"Rate limit reached for API key {record.key_id}: {record.rpm} requests per minute.",
+                    code="rate_limit_exceeded",
+                    retry_after=retry_after_header(wait),
+                )
+
     def upstream_for(self, model: str, record: KeyRecord | None) -> Upstream:
         upstream = self.upstreams.get(model)
         if upstream is None:
-            close = difflib.get_close_matches(model, list(self.upstreams), n=1)
+            close = difflib.get_close_matches(model, list(self.upstreams), n=1)  # model <= 128 chars
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ApiError(
                 404,
@@ -181,6 +271,16 @@ class Gateway:
         return [name for name in self.upstreams if record is None or record.allows(name)]
 
     async def _read_body(self, receive: Any, declared: int | None) -> bytes:
+        # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
+        timeout = self.settings.body_timeout
+        failure = ApiError(
+            408,
+            f"The request body did not arrive within {timeout:g} s (body_timeout).",
+            code="request_timeout",
+        )
+        return await _within(self._read_body_now(receive, declared), timeout, failure)
+
+    async def _read_body_now(self, receive: Any, declared: int | None) -> bytes:
         limit = self.settings.max_body_bytes
         if declared is not None and declared > limit:
             raise ApiError(
@@ -214,114 +314,81 @@ class Gateway:
             message = await receive()
 
     # ---- the hot path -----------------------------------------------------------------------------
-    async def _proxy(self, scope: dict[str, Any], receive: Any, send: Any, path: str) -> None:
-        start = time.perf_counter()
-        authorization = request_id_raw = length_raw = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-request-id":
-                request_id_raw = value
-            elif name == b"content-length":
-                length_raw = value
-        request_id = _request_id(request_id_raw)
-        id_header = (b"x-request-id", request_id.encode())
-        key_id = "-"
-        model = ""
-        status = 500
-        bytes_in = 0
-        sent = [0]
+    async def _proxy(self, call: Call, authorization: bytes | None, length_raw: bytes | None) -> None:
         try:
-            if scope["method"] != "POST":
-                raise ApiError(405, f"{path} takes POST.", code="method_not_allowed")
-            record = self.authenticate(authorization)
+            if call.method != "POST":
+                raise ApiError(405, f"{call.path} takes POST.", code="method_not_allowed")
+            record = await self.authenticate(authorization)
             if record is not None:
-                key_id = record.key_id
+                call.key_id = record.key_id
+            self.check_rate(record)  # right after the key: before any work on the body
             declared = int(length_raw) if length_raw and length_raw.isdigit() else None
-            body = await self._read_body(receive, declared)
-            bytes_in = len(body)
+            call.body = await self._read_body(call.receive, declared)
+            call.bytes_in = len(call.body)
             try:
-                data = orjson.loads(body)
+                data = orjson.loads(call.body)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(
                     400, f"The request body is not valid JSON ({exc}).", code="invalid_json"
                 ) from None
-            if path == CHAT_PATH:
-                model, stream, include_usage = check_chat(data)
+            if call.path == CHAT_PATH:
+                call.model, call.stream, call.include_usage = check_chat(data)
             else:
-                model, stream, include_usage = check_score(data), False, False
-            upstream = self.upstream_for(model, record)
-            if record is not None and record.rpm is not None:
-                wait = self.rate.hit(record.key_id, record.rpm)
-                if wait:
-                    raise ApiError(
-                        429,
-                        f"Rate limit reached for API key {record.key_id}: {record.rpm} requests per minute.",
-                        code="rate_limit_exceeded",
-                        retry_after=retry_after_header(wait),
-                    )
-            status = await self._guarded(
-                upstream, path, body, data, stream, include_usage, request_id, id_header, receive, send, sent
-            )
+                call.model = check_score(data)
+            call.data = data
+            upstream = self.upstream_for(call.model, record)
+            call.status = await self._guarded(call, upstream)
         except ApiError as err:
-            status = err.status
+            call.status = err.status
             payload = err.body()
-            await send_response(send, status, payload, [*err.headers(), id_header])
-            sent[0] = len(payload)
+            await send_response(call.send, err.status, payload, [*err.headers(), call.id_header])
+            call.bytes_out = len(payload)
         except Disconnected:
-            status = 499  # nginx's "client closed request"
+            call.status = 499  # nginx's "client closed request"
         except Exception:
-            status = 500
-            log.exception("request %s: unexpected error in the gateway", request_id)
+            call.status = 500
+            log.exception("request %s: unexpected error in the gateway", call.request_id)
             failure = ApiError(
                 500,
-                f"The gateway failed on this request (id {request_id}); see its log.",
+                f"The gateway failed on this request (id {call.request_id}); see its log.",
                 code="internal_error",
             )
             try:
-                await send_response(send, 500, failure.body(), [*failure.headers(), id_header])
-            except RuntimeError:
+                await send_response(call.send, 500, failure.body(), [*failure.headers(), call.id_header])
+            except Exception:
                 pass  # the answer had started: the connection ends here
         finally:
-            elapsed = time.perf_counter() - start
-            # only configured names become labels or log fields as-is: callers choose what `model` says
-            known = model in self.upstreams
-            self.metrics.observe(model if known else "-", status, elapsed)
-            if not known and model:
-                model = _quoted(model)
-            if self.settings.access_log:
-                log_request(
-                    request_id, key_id, scope["method"], path, model, status, elapsed, bytes_in, sent[0]
-                )
+            self._record(call)
 
-    async def _guarded(
-        self,
-        upstream: Upstream,
-        path: str,
-        body: bytes,
-        data: dict[str, Any],
-        stream: bool,
-        include_usage: bool,
-        request_id: str,
-        id_header: tuple[bytes, bytes],
-        receive: Any,
-        send: Any,
-        sent: list[int],
-    ) -> int:
-        """Take a slot (or queue for one) and forward; a caller who disconnects while queued or streaming
-        cancels everything at once, closing the upstream request."""
-        limiter = upstream.limiter
-        acquired = limiter.try_acquire()
-        if acquired and not stream:  # fast path: nothing to wait for but the upstream's answer
-            try:
-                return await self._forward_plain(
-                    upstream, path, body, data["model"], request_id, id_header, send, sent
-                )
-            finally:
-                limiter.release()
+    def _record(self, call: Call) -> None:
+        elapsed = time.perf_counter() - call.start
+        # only configured names become labels or log fields as-is: callers choose what `model` says
+        model = call.model
+        known = model in self.upstreams
+        self.metrics.observe(model if known else "-", call.status, elapsed)
+        if not known and model:
+            model = _quoted(model)
+        if self.settings.access_log:
+            log_request(
+                call.request_id,
+                call.key_id,
+                call.method,
+                call.path,
+                model,
+                call.status,
+                elapsed,
+                call.bytes_in,
+                call.bytes_out,
+            )
+
+    async def _guarded(self, call: Call, upstream: Upstream) -> int:
+        """Take a slot (or queue for one) and forward. A caller who disconnects at any point (queued,
+        waiting for a plain answer, streaming) cancels everything at once: the upstream request is
+        closed and the slot freed."""
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
+        receive = call.receive
 
         async def watch() -> None:
             while True:
@@ -333,35 +400,10 @@ class Gateway:
 
         watcher = asyncio.ensure_future(watch())
         try:
-            if not acquired:
-                try:
-                    await limiter.acquire(upstream.route.queue_timeout)
-                except QueueFull:
-                    raise ApiError(
-                        429,
-                        f"Model {upstream.name!r} is busy: {limiter.max_queue} requests are "
-                        "already waiting; retry shortly.",
-                        code="queue_full",
-                        retry_after="1",
-                    ) from None
-                except QueueTimeout:
-                    raise ApiError(
-                        503,
-                        f"Model {upstream.name!r} is busy: no slot freed within "
-                        f"{upstream.route.queue_timeout:g} s (queue_timeout).",
-                        code="queue_timeout",
-                        retry_after=RETRY_BUSY,
-                    ) from None
-            try:
-                if stream:
-                    return await self._forward_stream(
-                        upstream, path, body, data, include_usage, request_id, id_header, send, sent
-                    )
-                return await self._forward_plain(
-                    upstream, path, body, data["model"], request_id, id_header, send, sent
-                )
-            finally:
-                limiter.release()
+            async with upstream.slot():
+                if call.stream:
+                    return await self._forward_stream(call, upstream)
+                return await self._forward_plain(call, upstream)
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise
@@ -371,62 +413,39 @@ class Gateway:
         finally:
             watcher.cancel()
 
-    async def _forward_plain(
-        self,
-        upstream: Upstream,
-        path: str,
-        body: bytes,
-        model: str,
-        request_id: str,
-        id_header: tuple[bytes, bytes],
-        send: Any,
-        sent: list[int],
-    ) -> int:
-        resp = await upstream.post(path, body, request_id)
-        try:
-            if resp.status != 200:
-                raise await upstream.error_from(resp)
-            try:
-                raw = await resp.read()
-            except UpstreamError as exc:
-                raise upstream.failure(exc, started=True) from None
-        finally:
-            resp.close()
+    async def _forward_plain(self, call: Call, upstream: Upstream) -> int:
+        resp = await upstream.post(call.path, call.body, call.request_id)
+        if resp.status != 200:
+            raise await upstream.error_from(resp)
+        raw = await upstream.read(resp, self.settings.max_response_bytes, call.request_id)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
             upstream.metrics.upstream_error(upstream.name, "protocol")
             raise ApiError(
                 502,
-                f"Model {model!r}: the upstream answered something that is not JSON.",
+                f"Model {call.model!r}: the upstream answered something that is not JSON.",
                 code="bad_upstream_response",
             ) from None
         if isinstance(answer, dict) and "model" in answer:
-            answer["model"] = model
+            answer["model"] = call.model
         out = orjson.dumps(answer)
-        sent[0] = len(out)
-        headers = [_JSON_TYPE, id_header, (b"content-length", b"%d" % len(out))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        call.bytes_out = len(out)
+        headers = [_JSON_TYPE, call.id_header, (b"content-length", b"%d" % len(out))]
+        await call.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await _within(
+            call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected()
+        )  # a caller who stops reading is cut
         return 200
 
-    async def _forward_stream(
-        self,
-        upstream: Upstream,
-        path: str,
-        body: bytes,
-        data: dict[str, Any],
-        include_usage: bool,
-        request_id: str,
-        id_header: tuple[bytes, bytes],
-        send: Any,
-        sent: list[int],
-    ) -> int:
-        resp = await upstream.post(path, body, request_id)
+    async def _forward_stream(self, call: Call, upstream: Upstream) -> int:
+        resp = await upstream.post(call.path, call.body, call.request_id)
         if resp.status != 200:
             raise await upstream.error_from(resp)
-        rewrite = StreamRewriter(data["model"], include_usage)
-        headers: Headers = [*SSE_HEADERS, id_header]
+        send = call.send
+        send_timeout = self.settings.send_timeout
+        rewrite = StreamRewriter(call.model, call.include_usage)
+        headers: Headers = [*SSE_HEADERS, call.id_header]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         buffer = b""
         try:
@@ -436,35 +455,25 @@ class Gateway:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 end = buffer.rfind(b"\n\n")
                 if end < 0:
+                    if len(buffer) > self.settings.max_response_bytes:
+                        raise UpstreamProtocolError("an SSE event over max_response_bytes")
                     continue
                 complete, buffer = buffer[: end + 2], buffer[end + 2 :]
                 out = rewrite.events(complete)
                 if out:
-                    sent[0] += len(out)
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    call.bytes_out += len(out)
+                    message = {"type": "http.response.body", "body": out, "more_body": True}
+                    await _within(send(message), send_timeout, Disconnected())
             if not rewrite.done:
-                raise UpstreamError("protocol", "the upstream ended the stream before [DONE]")
-            if include_usage:
-                usage = upstream.counter.usage(data["messages"], rewrite.text(), rewrite.chunks)
+                raise UpstreamProtocolError("the upstream ended the stream before [DONE]")
+            if call.include_usage:
+                usage = upstream.counter.usage(call.data["messages"], rewrite.text(), rewrite.chunks)
                 tail = rewrite.usage_chunk(usage) + b"data: [DONE]\n\n"
-                sent[0] += len(tail)
+                call.bytes_out += len(tail)
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
         except UpstreamError as exc:
-            err = upstream.failure(exc, started=True)
-            out = (
-                b"data: "
-                + orjson.dumps(
-                    {
-                        "error": {
-                            **err.payload()["error"],
-                            "code": "upstream_stream_error",
-                            "message": f"The stream broke off: {err.message}",
-                        }
-                    }
-                )
-                + b"\n\n"
-            )
-            sent[0] += len(out)
+            out = _stream_error(upstream.failure(exc, started=True, request_id=call.request_id))
+            call.bytes_out += len(out)
             await send({"type": "http.response.body", "body": out, "more_body": True})
         finally:
             resp.close()  # unless read to the end: drop the connection, the upstream request ends now
@@ -472,4 +481,32 @@ class Gateway:
         return 200
 
 
-RETRY_BUSY = "2"
+async def _within(step: Any, timeout: float, failure: BaseException) -> Any:
+    """Await `step`, raising `failure` after `timeout` s: a timer that cancels the running task, as
+    asyncio.timeout does on 3.11+ (a task per wait would cost more on the hot path)."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await step
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if hasattr(task, "uncancel"):
+            task.uncancel()
+        raise failure from None
+    finally:
+        timer.cancel()
+
+
+def _stream_error(err: ApiError) -> bytes:
+    """The SSE event that tells a streaming caller the stream broke off (the status was already 200)."""
+    error = {**err.payload()["error"], "code": "upstream_stream_error"}
+    error["message"] = f"The stream broke off: {err.message}"
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"

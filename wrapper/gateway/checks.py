@@ -11,6 +11,20 @@ ROLES = {"system", "user", "assistant", "tool", "function"}
 _EVEN = ("user", "tool")  # turns 0, 2, 4 ... after the optional system message
 _ODD = ("assistant", "function")
 _MEDIA = ("image_url", "video_url", "audio_url")
+MAX_MODEL_CHARS = 128  # as ModelRoute.name: anything longer cannot be routed
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required: a model name from GET /v1/models.", "model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise _bad(
+            f"'model' is {len(model)} characters; model names have at most {MAX_MODEL_CHARS} "
+            "(GET /v1/models lists them).",
+            "model",
+        )
+    return model
 
 
 def _bad(message: str, param: str) -> ApiError:
@@ -43,9 +57,10 @@ def check_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise _bad(f"messages[{index}] must be an object with 'role' and 'content'.", "messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
+            shown = repr(role)[:40]  # caller-chosen: quoted and cut
             raise _bad(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}.", "messages"
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}, got {shown}.", "messages"
             )
         _check_content(index, message.get("content"))
     turns = messages[1:] if messages[0]["role"] == "system" else messages
@@ -71,9 +86,7 @@ def check_chat(body: Any) -> tuple[str, bool, bool]:
     """Validate a chat request; returns (model, stream, include_usage)."""
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", "body")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("'model' is required: a model name from GET /v1/models.", "model")
+    model = _model(body)
     check_messages(body.get("messages"))
     n = body.get("n", 1)
     if n is not None and n != 1:
@@ -102,9 +115,7 @@ def check_chat(body: Any) -> tuple[str, bool, bool]:
 def check_score(body: Any) -> str:
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", "body")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("'model' is required: a model name from GET /v1/models.", "model")
+    model = _model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, str) for m in messages):
         raise _bad("'messages' must be a non-empty list of strings to score.", "messages")

@@ -8,8 +8,11 @@ keys into memory (`KeyCache`) and notices changes made by `lfwrap keys` from ano
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrapper.errors import GatewayError
+
+log = logging.getLogger("lfwrap.gateway")
 
 KEY_PREFIX = "sk-lfw-"
 
@@ -135,36 +140,67 @@ class KeyStore:
 
 
 class KeyCache:
-    """The active keys by hash, in memory; re-read at most once per `refresh_s` when the file changed."""
+    """The active keys by hash, in memory. lookup() never touches SQLite: the file is re-read in a
+    worker thread (refresh(), at most once per `refresh_s`, bounded by `timeout_s`), and when that
+    fails (a locked or broken keys.db) the keys read last stay in use."""
 
-    def __init__(self, store: KeyStore, refresh_s: float = 1.0):
+    def __init__(self, store: KeyStore, refresh_s: float = 1.0, timeout_s: float = 0.5):
         self.store = store
         self.refresh_s = refresh_s
+        self.timeout_s = timeout_s
         self._version = store.data_version()
         self._by_hash = store.active_hashes()
-        self._known: dict[str, KeyRecord] = {}  # keys seen valid since the last reload: no hash per request
+        self._hash_of = {record.key_id: digest for digest, record in self._by_hash.items()}
         self._checked = time.monotonic()
+        self._reading: asyncio.Future[None] | None = None
+        self.failures = 0
+        # a writer holding the file's lock makes a read wait at most this long, in the worker thread
+        store._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
 
     def __len__(self) -> int:
-        self._maybe_reload()
         return len(self._by_hash)
 
-    def _maybe_reload(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < self.refresh_s:
-            return
-        self._checked = now
+    def _reload(self) -> None:
+        """In a worker thread: re-read the keys if another process changed the file."""
         version = self.store.data_version()
         if version != self._version:
-            self._version = version
-            self._by_hash = self.store.active_hashes()
-            self._known = {}
+            by_hash = self.store.active_hashes()
+            self._hash_of = {record.key_id: digest for digest, record in by_hash.items()}
+            self._by_hash, self._version = by_hash, version
+
+    async def refresh(self, *, join: bool = True) -> None:
+        """Re-read the file when refresh_s has passed since the last try, waiting at most timeout_s.
+        join=False: wait only for a read this call starts, not for one already under way."""
+        started = False
+        if self._reading is None and time.monotonic() - self._checked >= self.refresh_s:
+            self._checked = time.monotonic()
+            self._reading = asyncio.ensure_future(asyncio.to_thread(self._reload))
+            self._reading.add_done_callback(self._read_done)
+            started = True
+        reading = self._reading
+        if reading is None or not (started or join):
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), self.timeout_s)
+        except Exception as exc:  # locked, unreadable, too slow: keep serving the keys read last
+            self.failures += 1
+            log.warning(
+                "key store %s not re-read (%s); using the keys read before",
+                self.store.path,
+                exc.__class__.__name__,
+            )
+
+    def _read_done(self, future: asyncio.Future[None]) -> None:
+        self._reading = None
+        if not future.cancelled():
+            future.exception()  # retrieved here so asyncio does not log it as never retrieved
 
     def lookup(self, key: str) -> KeyRecord | None:
-        self._maybe_reload()
-        record = self._known.get(key)
+        """The active key's record, or None. The key is hashed first (an index on the hash reveals
+        nothing about the key), then the stored hash is compared in constant time."""
+        digest = hash_key(key)
+        record = self._by_hash.get(digest)
         if record is None:
-            record = self._by_hash.get(hash_key(key))
-            if record is not None and len(self._known) < 4096:  # only valid keys: callers cannot fill it
-                self._known[key] = record
-        return record
+            return None
+        stored = self._hash_of[record.key_id]
+        return record if hmac.compare_digest(stored, digest) else None

@@ -1,15 +1,20 @@
-"""Prometheus text exposition, kept by hand: a few dict increments per request on the hot path."""
+"""Gateway metrics: a few dict increments per request on the hot path; prometheus-client renders them at
+scrape time through a custom collector (its own metric objects would cost a lock per update)."""
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Metrics:
@@ -21,6 +26,8 @@ class Metrics:
         self._latency_count: dict[str, int] = {}
         # model -> callables reporting live figures (the limiters own them)
         self.gauges: dict[str, tuple[Callable[[], int], Callable[[], int]]] = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
 
     def observe(self, model: str, status: int, seconds: float) -> None:
         key = (model, status)
@@ -39,51 +46,47 @@ class Metrics:
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def render(self) -> str:
-        out = [
-            "# HELP lfwrap_gateway_requests_total Requests answered, by model and HTTP status.",
-            "# TYPE lfwrap_gateway_requests_total counter",
-        ]
+        """The Prometheus text exposition (prometheus-client formats it from `collect()`)."""
+        return generate_latest(self._registry).decode()
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus-client's custom-collector hook: the counters above, read at scrape time."""
+        requests = CounterMetricFamily(
+            "lfwrap_gateway_requests",
+            "Requests answered, by model and HTTP status.",
+            labels=["model", "status"],
+        )
         for (model, status), count in sorted(self.requests.items()):
-            out.append(f'lfwrap_gateway_requests_total{{model="{_label(model)}",status="{status}"}} {count}')
-        out += [
-            "# HELP lfwrap_gateway_request_seconds Time from request to the last byte of the answer.",
-            "# TYPE lfwrap_gateway_request_seconds histogram",
-        ]
+            requests.add_metric([model, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "lfwrap_gateway_request_seconds",
+            "Time from request to the last byte of the answer.",
+            labels=["model"],
+        )
         for model, counts in sorted(self._latency.items()):
-            label = _label(model)
-            running = 0
+            running, buckets = 0, []
             for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
                 running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f'lfwrap_gateway_request_seconds_bucket{{model="{label}",le="{le}"}} {running}')
-            out.append(
-                f'lfwrap_gateway_request_seconds_sum{{model="{label}"}} {self._latency_sum[model]:.6f}'
-            )
-            out.append(
-                f'lfwrap_gateway_request_seconds_count{{model="{label}"}} {self._latency_count[model]}'
-            )
-        out += [
-            "# HELP lfwrap_gateway_in_flight Requests in flight to each upstream.",
-            "# TYPE lfwrap_gateway_in_flight gauge",
-        ]
-        out += [
-            f'lfwrap_gateway_in_flight{{model="{_label(m)}"}} {g[0]()}'
-            for m, g in sorted(self.gauges.items())
-        ]
-        out += [
-            "# HELP lfwrap_gateway_queue_depth Requests waiting for a slot at each upstream.",
-            "# TYPE lfwrap_gateway_queue_depth gauge",
-        ]
-        out += [
-            f'lfwrap_gateway_queue_depth{{model="{_label(m)}"}} {g[1]()}'
-            for m, g in sorted(self.gauges.items())
-        ]
-        out += [
-            "# HELP lfwrap_gateway_upstream_errors_total Upstream failures, by model and kind.",
-            "# TYPE lfwrap_gateway_upstream_errors_total counter",
-        ]
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            latency.add_metric([model], buckets, self._latency_sum[model])
+        yield latency
+        in_flight = GaugeMetricFamily(
+            "lfwrap_gateway_in_flight", "Requests in flight to each upstream.", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "lfwrap_gateway_queue_depth", "Requests waiting for a slot at each upstream.", labels=["model"]
+        )
+        for model, (live, waiting) in sorted(self.gauges.items()):
+            in_flight.add_metric([model], live())
+            queued.add_metric([model], waiting())
+        yield in_flight
+        yield queued
+        errors = CounterMetricFamily(
+            "lfwrap_gateway_upstream_errors",
+            "Upstream failures, by model and kind.",
+            labels=["model", "kind"],
+        )
         for (model, kind), count in sorted(self.upstream_errors.items()):
-            out.append(
-                f'lfwrap_gateway_upstream_errors_total{{model="{_label(model)}",kind="{kind}"}} {count}'
-            )
-        return "\n".join(out) + "\n"
+            errors.add_metric([model, kind], count)
+        yield errors

@@ -6,11 +6,27 @@ so the official SDKs raise the matching exception (AuthenticationError, NotFound
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
 import orjson
 
 Headers = list[tuple[bytes, bytes]]
+
+_SAFE_ID = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+# generated ids: 32 hex digits, a random per-process prefix and a counter (no syscall per request)
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def request_id(value: bytes | None) -> str:
+    """The caller's x-request-id when it is short and plain (<= 128 of [A-Za-z0-9-_.:]), else a new one:
+    it is echoed in headers and written to logs."""
+    if value and len(value) <= 128 and all(c in _SAFE_ID for c in value):
+        return value.decode("ascii")
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 SSE_HEADERS: Headers = [
@@ -26,7 +42,9 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    414: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "upstream_error",

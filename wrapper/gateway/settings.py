@@ -135,9 +135,54 @@ class GatewaySettings(BaseSettings):
     shutdown_timeout: float = Field(
         default=30.0, ge=0, description="Seconds in-flight streams get at shutdown."
     )
+    # limits the HTTP server enforces (granian/hyper) or the app right behind it; see docs/RELIABILITY.md
+    max_header_bytes: int = Field(
+        default=65_536,
+        ge=8192,
+        le=1_048_576,
+        description="Request line and headers together; more is closed (HTTP/1) or refused (HTTP/2).",
+    )
+    max_url_bytes: int = Field(default=8192, ge=256, le=65_536, description="Longest path + query (414).")
+    header_timeout: float = Field(
+        default=10.0,
+        ge=1,
+        le=60,
+        description="Seconds to receive a request's headers, and the most a kept-alive connection idles.",
+    )
+    body_timeout: float = Field(
+        default=15.0, gt=0, le=600, description="Seconds to receive a whole request body (408)."
+    )
+    send_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds one write to a caller may wait; a caller who stops reading is cut off.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=65_536,
+        description="Connections served at once; more wait in the listen backlog until one ends.",
+    )
+    max_response_bytes: int = Field(
+        default=64_000_000, ge=1024, description="Largest non-streamed upstream answer passed on (502)."
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve HTTPS (with tls_key).")
+    tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert.")
+    http2: bool = Field(default=True, description="Offer HTTP/2 (ALPN) when serving TLS.")
+    ops_need_key: bool = Field(
+        default=False,
+        description="Require an API key for /metrics, /readyz and /docs too (/healthz stays open).",
+    )
     access_log: bool = Field(
         default=True, description="One line per request on the lfwrap.gateway.access logger."
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both to serve HTTPS, or neither")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:

@@ -1,37 +1,51 @@
 """The gateway's small endpoints on FastAPI: models, health, readiness, metrics, docs.
 
-Errors use OpenAI's error object here too, including FastAPI's own 404/405/422.
+Errors use OpenAI's error object here too, including FastAPI's own 404/405/422. The gateway is seen
+only through `GatewayView` (app.py builds this app; this module never imports app.py). The gateway
+adds the sanitised x-request-id to every answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wrapper.gateway.keys import KeyRecord
 from wrapper.gateway.oai import ApiError
+from wrapper.gateway.openapi_doc import install_openapi
 
-if TYPE_CHECKING:
-    from wrapper.gateway.app import Gateway
+
+class GatewayView(Protocol):
+    """What the small endpoints need from the gateway."""
+
+    started: float
+
+    async def authenticate(self, authorization: bytes | None) -> KeyRecord | None: ...
+
+    def visible_models(self, record: KeyRecord | None) -> list[str]: ...
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]: ...
+
+    def metrics_text(self) -> str: ...
 
 
 def _error(err: ApiError, request: Request) -> JSONResponse:
-    headers = (
-        {"x-request-id": request.headers.get("x-request-id", "")} if "x-request-id" in request.headers else {}
-    )
+    headers: dict[str, str] = {}
     if err.retry_after is not None:
         headers["retry-after"] = err.retry_after
     return JSONResponse(err.payload(), status_code=err.status, headers=headers)
 
 
-def build_small_app(gateway: Gateway) -> FastAPI:
+def build_small_app(gateway: GatewayView) -> FastAPI:
     app = FastAPI(
         title="lfwrap gateway", version="1", description="OpenAI-compatible front for LLaMA-Factory."
     )
+
+    install_openapi(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -63,7 +77,9 @@ def build_small_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        record = gateway.authenticate(request.headers.get("authorization", "").encode("latin-1") or None)
+        record = await gateway.authenticate(
+            request.headers.get("authorization", "").encode("latin-1") or None
+        )
         created = int(gateway.started)
         return {
             "object": "list",
@@ -79,10 +95,7 @@ def build_small_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        names = list(gateway.upstreams)
-        results = await asyncio.gather(*(gateway.upstreams[n].ready() for n in names))
-        upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
-        ready = bool(names) and all(problem is None for problem in results)
+        ready, upstreams = await gateway.readiness()
         body = {"status": "ready" if ready else "not ready", "upstreams": upstreams}
         return JSONResponse(
             body, status_code=200 if ready else 503, headers=None if ready else {"retry-after": "5"}
@@ -90,6 +103,6 @@ def build_small_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     return app

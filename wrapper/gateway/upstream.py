@@ -1,18 +1,34 @@
-"""The upstream side: per-route connection pools, request forwarding and the mapping of failures to
-OpenAI errors (503 down, 504 timeout, 502 bad answer; FastAPI's {"detail": ...} translated)."""
+"""The upstream side: per-route connection pools, the queue in front of them (slot()), request
+forwarding and the mapping of failures to OpenAI errors (503 down, 504 timeout, 502 bad answer;
+FastAPI's {"detail": ...} translated). Client-facing messages name the model, never the upstream's
+address: that goes to the gateway's own log."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import orjson
 
-from wrapper.gateway.httpclient import Pool, Response, UpstreamError
-from wrapper.gateway.limiter import Limiter
+from wrapper.gateway.httpclient import (
+    Pool,
+    Response,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
+from wrapper.gateway.limiter import Limiter, QueueFull, QueueTimeout
 from wrapper.gateway.metrics import Metrics
 from wrapper.gateway.oai import ApiError
 from wrapper.gateway.settings import ModelRoute
 from wrapper.gateway.usage import TokenCounter
 
+log = logging.getLogger("lfwrap.gateway")
+
 RETRY_AFTER_DOWN = "5"
+RETRY_BUSY = "2"
 
 
 class Upstream:
@@ -25,42 +41,90 @@ class Upstream:
         self.limiter = Limiter(route.max_concurrency, route.max_queue)
         self.counter = TokenCounter(route.name, route.tokenizer)
         self.pool = Pool(route.upstream, route.connect_timeout)
-        self._auth = ""
+        self._auth: dict[str, str] = {}
         if route.upstream_key is not None:
-            self._auth = f"Authorization: Bearer {route.upstream_key.get_secret_value()}\r\n"
+            self._auth = {"Authorization": f"Bearer {route.upstream_key.get_secret_value()}"}
         metrics.gauges[route.name] = (lambda: self.limiter.in_flight, lambda: self.limiter.queued)
 
-    def failure(self, exc: UpstreamError, *, started: bool = False) -> ApiError:
-        """The OpenAI error for a failed exchange with this upstream (and count it)."""
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of max_concurrency slots, queueing (FIFO, bounded) for one when all are taken."""
+        limiter = self.limiter
+        if not limiter.try_acquire():
+            try:
+                await limiter.acquire(self.route.queue_timeout)
+            except QueueFull:
+                raise ApiError(
+                    429,
+                    f"Model {self.name!r} is busy: {limiter.max_queue} requests are already waiting; "
+                    "retry shortly.",
+                    code="queue_full",
+                    retry_after="1",
+                ) from None
+            except QueueTimeout:
+                raise ApiError(
+                    503,
+                    f"Model {self.name!r} is busy: no slot freed within {self.route.queue_timeout:g} s "
+                    "(queue_timeout).",
+                    code="queue_timeout",
+                    retry_after=RETRY_BUSY,
+                ) from None
+        try:
+            yield
+        finally:
+            limiter.release()
+
+    def failure(self, exc: UpstreamError, *, started: bool = False, request_id: str = "-") -> ApiError:
+        """The OpenAI error for a failed exchange with this upstream (counted, and logged with the
+        upstream's address, which callers never see)."""
         self.metrics.upstream_error(self.name, exc.kind)
-        where = f"Model {self.name!r}: upstream {self.route.upstream}"
-        if exc.kind == "connect" and not started:
+        log.warning(
+            "request %s: model %s: upstream %s: %s: %s",
+            request_id,
+            self.name,
+            self.route.upstream,
+            exc.kind,
+            exc,
+        )
+        where = f"Model {self.name!r}: the upstream server"
+        if isinstance(exc, UpstreamConnectError) and not started:
             return ApiError(
                 503,
-                f"{where} does not answer ({exc}); start it (lfwrap serve) or retry later.",
+                f"{where} does not answer; retry later (the gateway's log has the details).",
                 code="upstream_unavailable",
                 retry_after=RETRY_AFTER_DOWN,
             )
-        if exc.kind == "timeout":
+        if isinstance(exc, UpstreamTimeout):
             return ApiError(
                 504,
                 f"{where} timed out: {exc} (connect_timeout {self.route.connect_timeout:g} s, "
                 f"read_timeout {self.route.read_timeout:g} s).",
                 code="upstream_timeout",
             )
+        if isinstance(exc, UpstreamTooLarge):
+            return ApiError(502, f"{where} answered too much: {exc}.", code="upstream_too_large")
         return ApiError(502, f"{where} gave a broken answer: {exc}.", code="bad_upstream_response")
 
     async def post(self, path: str, body: bytes, request_id: str) -> Response:
-        extra = f"Content-Type: application/json\r\nx-request-id: {request_id}\r\n{self._auth}"
+        extra = {"Content-Type": "application/json", "x-request-id": request_id, **self._auth}
         try:
             return await self.pool.request("POST", path, body, extra, self.route.read_timeout)
         except UpstreamError as exc:
-            raise self.failure(exc) from None
+            raise self.failure(exc, request_id=request_id) from None
+
+    async def read(self, resp: Response, limit: int, request_id: str) -> bytes:
+        """A whole answer, at most `limit` bytes (502 above it)."""
+        try:
+            return await resp.read(limit)
+        except UpstreamError as exc:
+            raise self.failure(exc, started=True, request_id=request_id) from None
+        finally:
+            resp.close()
 
     async def error_from(self, resp: Response) -> ApiError:
         """Translate a non-200 upstream answer (FastAPI's {"detail": ...}) into an OpenAI error."""
         try:
-            raw = await resp.read()
+            raw = await resp.read(1 << 20)
         except UpstreamError:
             raw = b""
         finally:
@@ -84,10 +148,16 @@ class Upstream:
                 400, f"Model {self.name!r} rejected the request: {detail}", code="upstream_rejected"
             )
         if status in (401, 403):
+            log.warning(
+                "model %s: upstream %s answered %d to the gateway's upstream_key",
+                self.name,
+                self.route.upstream,
+                status,
+            )
             return ApiError(
                 502,
-                f"Upstream {self.route.upstream} refused the gateway's credentials for model "
-                f"{self.name!r}; set upstream_key to the server's API_KEY.",
+                f"The upstream server of model {self.name!r} refused the gateway's credentials; "
+                "its operator must set upstream_key to the server's API_KEY.",
                 code="upstream_auth",
             )
         if status == 429:
@@ -106,7 +176,7 @@ class Upstream:
             )
         return ApiError(
             502,
-            f"Model {self.name!r}: upstream {self.route.upstream} answered {status}: {detail}",
+            f"Model {self.name!r}: the upstream server answered {status}: {detail}",
             code="bad_upstream_response",
         )
 
@@ -115,12 +185,12 @@ class Upstream:
         try:
             resp = await self.pool.request("GET", "/v1/models", b"", self._auth, timeout)
             try:
-                await resp.read()
+                await resp.read(1 << 20)
             finally:
                 resp.close()
         except UpstreamError as exc:
             return f"{exc.kind}: {exc}"
         return None if resp.status == 200 else f"GET /v1/models answered {resp.status}"
 
-    def close(self) -> None:
-        self.pool.close()
+    async def aclose(self) -> None:
+        await self.pool.aclose()

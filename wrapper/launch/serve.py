@@ -116,7 +116,11 @@ def start_api_server(
     """Write `config` to `config_path`, start `llamafactory-cli api` on it, wait until it answers."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = config_path.with_suffix(".log")
-    env = {"API_HOST": host if backend == "local" else "0.0.0.0", "API_PORT": str(port)}
+    env = {
+        "API_HOST": host if backend == "local" else "0.0.0.0",
+        "API_PORT": str(port),
+        "API_VERBOSE": "0",  # LLaMA-Factory's default logs every request body, message content included
+    }
     if model_name:
         env["API_MODEL_NAME"] = model_name
     if api_key:

@@ -7,9 +7,12 @@ them, the first chunk carries only the role and no usage is sent when streaming.
 
 A request may steer it with a body field LLaMA-Factory would drop: "standin": {"mode": ...} with
 mode "fail_mid_stream" (close the connection after two chunks), "detail_400", "error_500", "garbage",
-"slow_plain" (answer after 2 s).
+"slow_plain" (answer after 2 s), "hold_plain" (answer after 10 s unless the caller leaves first, which
+counts in `disconnects`), "big_plain" (an answer with a reply of "bytes" bytes), "truncated_json",
+"no_done" (a stream without [DONE]), "stall_stream" (two chunks, then silence for 10 s), "echo" (a
+stream whose reply is the last message's content).
 
-    $ python -m wrapper.gateway.standin --port 8001 --chunks 16 --interval-ms 5
+    $ python tests/gateway_standin.py --port 8001 --chunks 16 --interval-ms 5
 """
 
 from __future__ import annotations
@@ -117,6 +120,11 @@ class StandIn:
             return
         request = orjson.loads(body)
         mode = (request.get("standin") or {}).get("mode")
+        if mode == "echo":  # the reply is the last message's content: streams can be told apart
+            reply = str(request["messages"][-1]["content"])
+            step = max(1, -(-len(reply) // self.chunks))
+            await self._stream(receive, send, None, [reply[i : i + step] for i in range(0, len(reply), step)])
+            return
         if mode == "detail_400":
             await _send(send, 400, b'{"detail":"Invalid role"}')
         elif mode == "error_500":
@@ -126,12 +134,39 @@ class StandIn:
             await _send(send, 200, self._plain)
         elif mode == "garbage":
             await _send(send, 200, b"<html>not json</html>", b"text/html")
+        elif mode == "truncated_json":
+            await _send(send, 200, self._plain[: len(self._plain) // 2])
+        elif mode == "hold_plain":
+            if await self._left_within(receive, 10.0):
+                self.disconnects += 1
+                return
+            await _send(send, 200, self._plain)
+        elif mode == "big_plain":
+            size = int(request["standin"].get("bytes", 1 << 20))
+            answer = orjson.loads(self._plain)
+            answer["choices"][0]["message"]["content"] = "x" * size
+            await _send(send, 200, orjson.dumps(answer))
         elif request.get("stream"):
             await self._stream(receive, send, mode)
         else:
             await _send(send, 200, self._plain)
 
-    async def _stream(self, receive: Any, send: Any, mode: str | None) -> None:
+    async def _left_within(self, receive: Any, seconds: float) -> bool:
+        """True when the caller disconnects within `seconds`."""
+
+        async def left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            await asyncio.wait_for(left(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _stream(
+        self, receive: Any, send: Any, mode: str | None, pieces: list[str] | None = None
+    ) -> None:
         gone = asyncio.Event()
 
         async def watch() -> None:
@@ -153,11 +188,18 @@ class StandIn:
                 }
             )
             events = [self._chunk({"role": "assistant", "content": ""})]
-            events += [self._chunk({"content": piece}) for piece in self._pieces]
+            events += [self._chunk({"content": piece}) for piece in (pieces or self._pieces)]
             events += [self._chunk({}, "stop"), b"data: [DONE]\r\n\r\n"]
             for index, event in enumerate(events):
                 if mode == "fail_mid_stream" and index == 3:
                     raise ConnectionAbortedError("stand-in: failing mid-stream on purpose")
+                if mode == "no_done" and event.startswith(b"data: [DONE]"):
+                    break
+                if mode == "stall_stream" and index == 2:
+                    try:
+                        await asyncio.wait_for(gone.wait(), 10.0)
+                    except asyncio.TimeoutError:
+                        pass
                 if self.interval_s and index:
                     try:
                         await asyncio.wait_for(gone.wait(), self.interval_s)

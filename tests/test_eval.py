@@ -32,7 +32,7 @@ HOSTILE = '<script>alert(1)</script><img src="http://example.com/x.png"> & ç¥žå¥
 
 def _model() -> Path:
     folder = models_dir() / "tiny"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

@@ -19,6 +19,8 @@ def lfwrap_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("lfwrap_home")
     monkeypatch.setenv("LFWRAP_HOME", str(home))
     monkeypatch.setenv("LFWRAP_CACHE_DIR", str(home.parent / f"{home.name}-cache"))
+    # validate refuses uncached hub ids under HF_HUB_OFFLINE=1: tests that want it set it themselves
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return home
 
 

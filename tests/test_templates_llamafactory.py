@@ -103,6 +103,9 @@ def parsed(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse home fixture is not active yet
         patch.setenv("LFWRAP_HOME", str(tmp_path / "home"))
         configs = _configs(tiny_model, tmp_path)
+        from wrapper.datasets.registry import prepare_dataset_dir
+
+        prepare_dataset_dir()  # what creating a run writes; rendering alone writes nothing
     (tmp_path / "configs.json").write_text(json.dumps(configs), encoding="utf-8")
     (tmp_path / "probe.py").write_text(PROBE, encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "LLAMAFACTORY_VERBOSITY": "WARN"}
@@ -143,12 +146,13 @@ def test_stage_specific_keys_reach_the_parser(parsed: dict[str, Any]) -> None:
 
 
 def test_sft_full_with_deepspeed_is_refused_only_for_what_cpu_lacks(parsed: dict[str, Any]) -> None:
-    # sft_full points `deepspeed` at the rendered ZeRO-3 file. On this CPU machine LLaMA-Factory stops at
+    # sft_full carries the ZeRO-3 preset inline (rendering writes no file; a run writes it as
+    # ds_config.json), and LLaMA-Factory takes the dict as it is. On this CPU machine LLaMA-Factory stops at
     # the DeepSpeed requirement: transformers refuses when the deepspeed package is missing (it is not in
     # the `local` extra); with deepspeed installed, LLaMA-Factory asks for a torchrun launch instead.
     # Everything else in the template is accepted (sft_full_no_deepspeed above).
     config = parsed["configs"]["sft_full"]["config"]
-    assert Path(config["deepspeed"]).is_file()
+    assert config["deepspeed"]["zero_optimization"]["stage"] == 3
     result = parsed["results"]["sft_full"]
     assert not result["ok"]
     if importlib.util.find_spec("deepspeed") is None:

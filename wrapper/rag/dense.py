@@ -1,14 +1,13 @@
 """Optional dense retrieval: sentence embeddings from a local model folder, cosine similarity in numpy.
 
 Needs the `rag-dense` extra (sentence-transformers). The model is a folder on disk given to
-`lfwrap rag index --embedding-model PATH`; it is loaded with HF_HUB_OFFLINE=1, so nothing is fetched.
+`lfwrap rag index --embedding-model PATH`; it is loaded with local_files_only, so nothing is fetched.
 Vectors are L2-normalised float32 rows stored as dense.npy beside the BM25 matrices, in chunk order.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ class Embedder:
     def __init__(self, folder: Path):
         self.folder = folder
         check_folder(folder)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder, never a hub download
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:

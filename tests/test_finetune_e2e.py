@@ -4,6 +4,7 @@ real API servers started by the serving pool, the official openai client against
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -227,3 +228,46 @@ def test_restart_adopts_resumes_then_cancel_stops_everything(
     second_dir = runs.run_path(running["id"])
     assert worker.cancel(second["id"])["status"] == "cancelled"
     assert _no_process_mentions(str(second_dir))
+
+
+def test_dpo_job_with_a_validation_file(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = tiny_settings(tiny_model, tmp_path)
+    store = Store(settings.database_path)
+    rows = [
+        {
+            "input": {
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": question}]
+            },
+            "preferred_output": [{"role": "assistant", "content": good}],
+            "non_preferred_output": [{"role": "assistant", "content": "no"}],
+        }
+        for question, good in (("hi", "hello"), (IDENTITY_QUESTION, IDENTITY_ANSWER))
+    ]
+    data = b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
+    train, valid = upload(store, settings, data), upload(store, settings, data, "valid.jsonl")
+    job = create_job(
+        store,
+        settings,
+        {
+            "model": "tiny-demo",
+            "training_file": train,
+            "validation_file": valid,
+            "seed": 3,
+            "method": {
+                "type": "dpo",
+                "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 2, "beta": 0.2}},
+            },
+        },
+    )
+    done = drive(Worker(store, settings), job["id"], ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["fine_tuned_model"] == f"ft:tiny-demo::{job['id']}"  # no suffix: an empty part
+    metrics = [e["data"] for e in store.list_events(job["id"], None, 100)["data"] if e["type"] == "metrics"]
+    assert any("valid_loss" in data for data in metrics) and any(d.get("train_loss") for d in metrics)
+    config = (runs.run_path(job["id"]) / "config.yaml").read_text()
+    assert "stage: dpo" in config and "pref_beta: 0.2" in config and "eval_dataset: validation" in config
+    checkpoints = store.list_checkpoints(job["id"], None, 10)["data"]
+    assert checkpoints and checkpoints[0]["step_number"] == 2 and "valid_loss" in checkpoints[0]["metrics"]

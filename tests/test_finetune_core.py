@@ -319,3 +319,52 @@ def test_cancel_a_queued_job(setup: tuple) -> None:
     cancelled = Worker(store, settings).cancel(job["id"])
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
     assert not runs.run_path(job["id"]).exists()
+
+
+def test_queued_job_whose_run_was_already_made_is_followed_not_refused(setup: tuple) -> None:
+    settings, store = setup
+    job = create_job(
+        store, settings, {"model": "tiny-demo", "training_file": upload(store, settings, identity_jsonl())}
+    )
+    store.update_job(job["id"], status="queued")
+    run_dir = create_job_run(store, settings, store.job(job["id"]))  # then the worker died
+    alive = subprocess.Popen(["sleep", "30"], start_new_session=True)  # stands for its supervisor
+    try:
+        identity = runs.process_identity(alive.pid)
+        runs.update_meta(run_dir, status="running", pid=alive.pid, pgid=alive.pid, supervisor=identity)
+        worker = Worker(store, settings)
+        worker.step()
+        assert store.job(job["id"])["status"] == "running"
+        assert store.private(job["id"])["run_dir"] == str(run_dir)
+        assert "following the job's run again" in store.list_events(job["id"], None, 1)["data"][0]["message"]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_metadata_limits_and_pool_errors(setup: tuple) -> None:
+    import asyncio
+
+    from wrapper.finetune.pool import ServingPool
+
+    settings, store = setup
+    file_id = upload(store, settings, identity_jsonl())
+    with pytest.raises(FineTuneError, match="metadata"):
+        create_job(
+            store, settings, {"model": "tiny-demo", "training_file": file_id, "metadata": {"k": "v" * 513}}
+        )
+    job = create_job(store, settings, {"model": "tiny-demo", "training_file": file_id})
+    store.update_job(job["id"], status="succeeded", fine_tuned_model=f"ft:tiny-demo::{job['id']}")
+
+    async def ensure(model: str) -> FineTuneError:
+        pool = ServingPool(store, settings)
+        with pytest.raises(FineTuneError) as caught:
+            await pool.ensure(model)
+        await pool.shutdown()
+        return caught.value
+
+    unknown = asyncio.run(ensure("ft:tiny-demo::ftjob-none"))
+    assert (unknown.status, unknown.code) == (404, "model_not_found")
+    no_run = asyncio.run(ensure(f"ft:tiny-demo::{job['id']}"))  # its run folder does not exist
+    assert (no_run.status, no_run.code) == (503, "model_unavailable") and job["id"] in str(no_run)
+    assert store.servers() == []

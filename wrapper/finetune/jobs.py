@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from wrapper.errors import FineTuneError, LfwrapError
 from wrapper.finetune import objects
@@ -32,6 +32,8 @@ DEFAULT_LEARNING_RATE = {"supervised": 1.0e-4, "dpo": 5.0e-6}  # the templates' 
 DATASET = "training"
 EVAL_DATASET = "validation"
 Auto = Literal["auto"]
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 class _Strict(BaseModel):
@@ -61,7 +63,7 @@ class JobRequest(_Strict):
     validation_file: str | None = None
     suffix: str | None = Field(None, max_length=64, pattern=NAME_PATTERN)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)  # OpenAI's limits
     method: Method | None = None
     hyperparameters: Hyperparameters | None = None  # deprecated by OpenAI, still accepted
     integrations: list[dict[str, Any]] | None = Field(None, max_length=0)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from wrapper.errors import FineTuneError
+from wrapper.errors import FineTuneError, LfwrapError
 from wrapper.finetune.settings import FineTuningSettings
 from wrapper.finetune.store import Store
 from wrapper.launch import runs
@@ -158,7 +158,15 @@ class ServingPool:
             async with self._room:
                 await self._make_room()
                 port = self._free_port()
-                resident = await asyncio.to_thread(self._start, model, job, port)
+                try:
+                    resident = await asyncio.to_thread(self._start, model, job, port)
+                except LfwrapError as exc:  # its run folder removed, or the server would not start
+                    raise FineTuneError(
+                        f"The model {model!r} cannot be served: {exc}",
+                        code="model_unavailable",
+                        param="model",
+                        status=503,
+                    ) from None
                 self.servers[model] = resident
             return resident.url
 

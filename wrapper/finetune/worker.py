@@ -121,6 +121,11 @@ class Worker:
         self._event(job["id"], "Fine-tuning job queued")
 
     def _start(self, job: dict[str, Any]) -> None:
+        made = runs.run_path(job["id"])
+        if (made / runs.META_FILE).is_file():  # made by a worker that died before recording it
+            self.store.update_job(job["id"], status="running", private={"run_dir": str(made)})
+            self._recover(self.store.job(job["id"]) or job)
+            return
         try:
             run_dir = create_job_run(self.store, self.settings, job)
             self._processes[job["id"]] = launcher.launch(run_dir)

@@ -368,3 +368,16 @@ def test_metadata_limits_and_pool_errors(setup: tuple) -> None:
     no_run = asyncio.run(ensure(f"ft:tiny-demo::{job['id']}"))  # its run folder does not exist
     assert (no_run.status, no_run.code) == (503, "model_unavailable") and job["id"] in str(no_run)
     assert store.servers() == []
+
+
+def test_one_jobs_trouble_fails_that_job_only(setup: tuple) -> None:
+    settings, store = setup
+    file_id = upload(store, settings, identity_jsonl())
+    job = create_job(store, settings, {"model": "tiny-demo", "training_file": file_id})
+    other = create_job(store, settings, {"model": "tiny-demo", "training_file": file_id, "suffix": "b"})
+    Path(store.private(job["id"])["train"]["converted"]).unlink()  # the disk lost the converted data
+    Worker(store, settings).step()
+    failed = store.job(job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error"
+    assert "FileNotFoundError" in failed["error"]["message"]
+    assert store.job(other["id"])["status"] == "queued"  # validated; waits for a free slot

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from wrapper.launch import runs
 from wrapper.launch import train as launcher
 
 POLL_SECONDS = 0.5
+log = logging.getLogger(__name__)
 
 
 def _seconds(clock: str) -> int | None:
@@ -85,16 +88,24 @@ class Worker:
     def step(self) -> None:
         with self._lock:
             for job in self.store.jobs_with_status("validating_files"):
-                self._validate(job)
-            running = self.store.jobs_with_status("running")
-            for job in running:
-                self._follow(job)
+                self._guarded(self._validate, job)
+            for job in self.store.jobs_with_status("running"):
+                self._guarded(self._follow, job)
             free = self.settings.max_parallel_jobs - len(self.store.jobs_with_status("running"))
             for job in self.store.jobs_with_status("queued")[: max(free, 0)]:
-                self._start(job)
+                self._guarded(self._start, job)
             for job_id, process in list(self._processes.items()):
                 if process.poll() is not None:
                     del self._processes[job_id]
+
+    def _guarded(self, action: Callable[[dict[str, Any]], None], job: dict[str, Any]) -> None:
+        """One job's trouble (a bug, a full disk) fails that job, not the worker and the other jobs."""
+        try:
+            action(job)
+        except Exception as exc:
+            log.exception("fine-tuning job %s", job["id"])
+            error = objects.error_object("internal_error", f"{exc.__class__.__name__}: {exc}", None)
+            self._finish(job["id"], "failed", error)
 
     # state changes
     def _event(self, job_id: str, message: str, level: str = "info", **kw: Any) -> None:

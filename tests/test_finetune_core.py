@@ -52,6 +52,18 @@ def test_settings_shape_of_the_issue(lfwrap_home: Path) -> None:
     assert parse_settings(None).max_parallel_jobs == 1
 
 
+def test_settings_from_a_gateway_yaml(tmp_path: Path) -> None:
+    from wrapper.finetune.settings import load_settings
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text("port: 8080\n" + ISSUE_YAML.replace("max_parallel_jobs: 1", "max_parallel_jobs: 3"))
+    assert load_settings(path).max_parallel_jobs == 3
+    path.write_text("fine_tuning:\n  backend: podman\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value) and "fine_tuning.backend" in str(caught.value.problems[0])
+
+
 def test_settings_refuse_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(

@@ -393,3 +393,19 @@ def test_one_jobs_trouble_fails_that_job_only(setup: tuple) -> None:
     assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error"
     assert "FileNotFoundError" in failed["error"]["message"]
     assert store.job(other["id"])["status"] == "queued"  # validated; waits for a free slot
+
+
+def test_results_file_is_csv_and_not_training_data(setup: tuple) -> None:
+    settings, store = setup
+    metrics = [
+        {"step": 1, "train_loss": 2.5, "total_steps": 2},
+        {"step": 2, "train_loss": 1.0, "valid_loss": 1.5},
+    ]
+    obj = files.save_results(store, "ftjob-x", metrics)
+    assert obj["purpose"] == "fine-tune-results" and obj["filename"] == "ftjob-x-step_metrics.csv"
+    assert (
+        files.content_path(store, obj["id"]).read_text() == "step,train_loss,valid_loss\n1,2.5,\n2,1.0,1.5\n"
+    )
+    with pytest.raises(FineTuneError) as caught:
+        create_job(store, settings, {"model": "tiny-demo", "training_file": obj["id"]})
+    assert caught.value.code == "invalid_training_file" and "purpose 'fine-tune-results'" in str(caught.value)

@@ -14,6 +14,7 @@ import pytest
 from finetune_helpers import TINY_OVERRIDES, drive, identity_jsonl, tiny_settings, upload
 from fixtures_models import IDENTITY_ANSWER, IDENTITY_QUESTION
 
+from wrapper.finetune import files
 from wrapper.finetune.jobs import create_job
 from wrapper.finetune.store import Store
 from wrapper.finetune.worker import Worker
@@ -93,6 +94,9 @@ def test_job_trains_then_pool_serves_the_fine_tuned_model(
     checkpoints = store.list_checkpoints(job["id"], None, 10)["data"]
     assert [c["step_number"] for c in checkpoints] == [150, 100, 50]  # save_steps = 150 / 3
     assert checkpoints[0]["metrics"]["train_loss"] == metrics[0]["data"]["train_loss"]
+    (results,) = done["result_files"]
+    csv_lines = files.content_path(store, results).read_text().splitlines()
+    assert csv_lines[0] == "step,train_loss,valid_loss" and len(csv_lines) == 151
     table = lfwrap("runs", check=True).stdout  # a normal run folder
     assert job["id"] in table and "succeeded" in table
     run_config = (runs.run_path(job["id"]) / "config.yaml").read_text()

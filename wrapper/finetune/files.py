@@ -27,6 +27,8 @@ from wrapper.finetune.settings import FineTuningSettings
 from wrapper.finetune.store import Store
 
 PURPOSES = ("fine-tune",)
+RESULTS_PURPOSE = "fine-tune-results"
+RESULT_COLUMNS = ("step", "train_loss", "valid_loss")
 MAX_PROBLEMS = 20
 CHUNK = 1 << 20
 _UNSAFE = re.compile(r"[^\w.\- ]+")
@@ -194,6 +196,35 @@ def problem_text(info: dict[str, Any]) -> str:
     what = f"'{first['field']}' {first['message']}" if first["field"] else first["message"]
     more = f" ({info['bad_rows']} of {info['rows']} rows are malformed)" if info["bad_rows"] > 1 else ""
     return f"The file's {where} is malformed: {what}{more}."
+
+
+def save_results(store: Store, job_id: str, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """A finished job's step metrics as a CSV file object (purpose fine-tune-results), as OpenAI's
+    result_files are; its content is served like any file's."""
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for row in metrics:
+        writer.writerow(["" if row.get(key) is None else row[key] for key in RESULT_COLUMNS])
+    data = text.getvalue().encode()
+    file_id = objects.new_id("file")
+    store.files_dir.mkdir(parents=True, exist_ok=True)
+    path = store.files_dir / f"{file_id}.csv"
+    path.write_bytes(data)
+    obj = objects.file_object(
+        file_id,
+        filename=f"{job_id}-step_metrics.csv",
+        size=len(data),
+        purpose=RESULTS_PURPOSE,
+        created_at=objects.now(),
+    )
+    store.add_file(
+        obj, sha256=hashlib.sha256(data).hexdigest(), path=path, info={"kind": None, "problems": []}
+    )
+    return obj
 
 
 def file_info(store: Store, file_id: str, param: str = "file_id") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -114,6 +114,16 @@ def resolve(method: str, given: Hyperparameters, overrides: dict[str, Any]) -> d
     return resolved
 
 
+def _training_purpose(obj: dict[str, Any], param: str) -> None:
+    if obj["purpose"] != "fine-tune":
+        raise FineTuneError(
+            f"File {obj['id']} has purpose {obj['purpose']!r}; upload training data with purpose "
+            "'fine-tune'.",
+            code=f"invalid_{param}",
+            param=param,
+        )
+
+
 def create_job(store: Store, settings: FineTuningSettings, data: Any) -> dict[str, Any]:
     """Check a POST /v1/fine_tuning/jobs body and store the job (status validating_files)."""
     request = _request(data)
@@ -134,7 +144,9 @@ def create_job(store: Store, settings: FineTuningSettings, data: Any) -> dict[st
     train_obj, train_info = file_info(store, request.training_file, "training_file")
     valid_info = None
     if request.validation_file:
-        _, valid_info = file_info(store, request.validation_file, "validation_file")
+        valid_obj, valid_info = file_info(store, request.validation_file, "validation_file")
+        _training_purpose(valid_obj, "validation_file")
+    _training_purpose(train_obj, "training_file")
     method_type = request.method.type if request.method else "supervised"
     options = getattr(request.method, method_type, None) if request.method else None
     given = (options.hyperparameters if options else None) or request.hyperparameters
@@ -161,7 +173,6 @@ def create_job(store: Store, settings: FineTuningSettings, data: Any) -> dict[st
         "valid": {k: valid_info.get(k) for k in FILE_KEYS} if valid_info else None,
         "last_step": 0,
     }
-    del train_obj
     store.add_job(obj, private)
     store.add_event(objects.event_object(job_id, f"Created fine-tuning job: {job_id}"))
     return obj

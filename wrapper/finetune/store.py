@@ -177,6 +177,15 @@ class Store:
     def list_events(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         return objects.page(self._page("events", "job_id = ?", (job_id,), after, limit), limit)
 
+    def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """The data of the job's metrics events, oldest first."""
+        rows = self._all(
+            "SELECT json_extract(object, '$.data') FROM events WHERE job_id = ? "
+            "AND json_extract(object, '$.type') = 'metrics' ORDER BY seq",
+            (job_id,),
+        )
+        return [json.loads(row[0]) for row in rows]
+
     def add_checkpoint(self, checkpoint: dict[str, Any]) -> bool:
         return (
             self._write(

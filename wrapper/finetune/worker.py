@@ -28,6 +28,7 @@ from typing import Any
 
 from wrapper.errors import FineTuneError, LfwrapError, RunError
 from wrapper.finetune import objects
+from wrapper.finetune.files import save_results
 from wrapper.finetune.jobs import create_job_run, get_job, validation_error
 from wrapper.finetune.settings import FineTuningSettings
 from wrapper.finetune.store import Store
@@ -167,7 +168,10 @@ class Worker:
         changes.pop("last_metrics", None)
         if meta.status == "succeeded":
             name = objects.fine_tuned_name(job["model"], job.get("user_provided_suffix"), job_id)
-            self._finish(job_id, "succeeded", None, fine_tuned_model=name, **changes)
+            results = save_results(self.store, job_id, self.store.metrics(job_id))
+            self._finish(
+                job_id, "succeeded", None, fine_tuned_model=name, result_files=[results["id"]], **changes
+            )
         elif meta.status == "cancelled":
             self._finish(job_id, "cancelled", None, **changes)
         elif meta.status == "failed":

@@ -211,7 +211,3 @@ class Store:
     def servers(self) -> list[tuple[str, int, int, dict[str, Any], str]]:
         rows = self._all("SELECT model, port, pid, identity, url FROM servers")
         return [(model, port, pid, json.loads(identity), url) for model, port, pid, identity, url in rows]
-
-
-def open_store(database: Path) -> Store:
-    return Store(database)

@@ -21,7 +21,6 @@ import json
 import logging
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,9 +319,3 @@ class Worker:
                     return get_job(self.store, job_id)
             self._finish(job_id, "cancelled")
             return get_job(self.store, job_id)
-
-    def wait_idle(self, timeout: float) -> None:
-        """For tests and shutdown: reap the supervisors this worker started (they record their end)."""
-        deadline = time.monotonic() + timeout
-        for process in list(self._processes.values()):
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))

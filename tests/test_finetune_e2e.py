@@ -211,10 +211,18 @@ def test_restart_adopts_resumes_then_cancel_stops_everything(
     worker = Worker(Store(settings.database_path), settings)
     worker.recover()
     store = worker.store
-    resumed = store.job(first["id"])
-    assert resumed["status"] == "running", resumed["error"]
-    event = store.list_events(first["id"], None, 1)["data"][0]
-    assert event["level"] == "warn" and "resumed from checkpoint-" in event["message"]
+
+    def resume_event() -> dict | None:
+        found = [
+            e for e in store.list_events(first["id"], None, 100)["data"] if "resumed from" in e["message"]
+        ]
+        return found[0] if found else None
+
+    # at once, or on a later step once the killed run's last process released the run's lock
+    _wait(lambda: worker.step() or resume_event() is not None, "the resume", 90)
+    assert store.job(first["id"])["status"] == "running", store.job(first["id"])["error"]
+    event = resume_event()
+    assert event is not None and event["level"] == "warn"
     checkpoint = event["message"].rsplit(" ", 1)[-1]
     assert (output / checkpoint / "trainer_state.json").is_file()
     assert not [p for p in output.glob("checkpoint-*") if not (p / "trainer_state.json").is_file()]

@@ -10,8 +10,9 @@ stopping the worker or the gateway does not stop training. After a restart (`rec
   - a job whose run still runs is followed again, without repeating events already recorded;
   - a job whose run ended meanwhile gets that result;
   - a job whose supervisor is gone without a result (killed, machine rebooted) is resumed from its last
-    complete checkpoint-N through the launcher's resume; with none it fails with error code
-    `job_interrupted` saying so.
+    complete checkpoint-N through the launcher's resume (at most MAX_RESUMES times, once the run's
+    lock is free); with no checkpoint it fails with error code `job_interrupted` saying so.
+The same holds when the supervisor dies while the worker runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from wrapper.launch import runs
 from wrapper.launch import train as launcher
 
 POLL_SECONDS = 0.5
+LOCK_WAIT_SECONDS = 60.0  # how long a lost run's last processes may take to exit before giving up
+MAX_RESUMES = 3
 log = logging.getLogger(__name__)
 
 
@@ -173,6 +177,10 @@ class Worker:
             )
         elif meta.status == "cancelled":
             self._finish(job_id, "cancelled", None, **changes)
+        elif meta.status == "failed" and meta.error[:1] and meta.error[0].startswith(runs.LOST):
+            if changes:
+                self.store.update_job(job_id, **changes)
+            self._recover(job)  # its supervisor died without a result: resume, or fail saying why
         elif meta.status == "failed":
             message = " ".join(meta.error) or f"LLaMA-Factory exited with status {meta.exit_code}."
             self._finish(job_id, "failed", objects.error_object("training_failed", message, None), **changes)
@@ -281,6 +289,27 @@ class Worker:
                 ),
             )
             return
+        private = self.store.private(job_id)
+        lock = runs.RunLock(run_dir)
+        if not lock.acquire():  # a process of the killed run is still exiting: retry on the next step
+            since = private.get("lost_since") or time.time()
+            if time.time() - since < LOCK_WAIT_SECONDS:
+                self.store.update_job(job_id, private={"lost_since": since})
+                return
+            message = (
+                f"The job's training process stopped without a result, and a process of its run still holds "
+                f"{lock.path}; stop it with `lfwrap runs cancel {run_dir.name}` and create the job again."
+            )
+            self._finish(job_id, "failed", objects.error_object("job_interrupted", message, None))
+            return
+        lock.release()
+        if private.get("resumes", 0) >= MAX_RESUMES:
+            message = (
+                f"The job's training process stopped without a result {MAX_RESUMES + 1} times; giving up."
+            )
+            self._finish(job_id, "failed", objects.error_object("job_interrupted", message, None))
+            return
+        self.store.update_job(job_id, private={"lost_since": None, "resumes": private.get("resumes", 0) + 1})
         try:
             launcher.prepare_resume(run_dir)
             self._processes[job_id] = launcher.launch(run_dir)

@@ -7,6 +7,7 @@
     ├── RunError                a run directory that is missing, busy or in the wrong state
     ├── LaunchError             a launcher could not start or follow LLaMA-Factory (local or Docker)
     ├── GatewayError            gateway settings or key store problems
+    ├── FineTuneError           a fine-tuning file or job request refused (OpenAI code, param, status)
     └── RagError                documents that cannot be indexed, a bad question file
         ├── IndexMissingError   no retrieval index of that name (raised when opening it)
         └── IndexBrokenError    an index folder or database that cannot be read (raised when opening it)
@@ -67,6 +68,17 @@ class LaunchError(LfwrapError):
 
 class GatewayError(LfwrapError):
     pass
+
+
+class FineTuneError(LfwrapError):
+    """A refused fine-tuning request, ready for OpenAI's error shape {message, type, param, code}:
+    `status` is the HTTP status the gateway answers with (400 bad request, 404 unknown id, 409 state)."""
+
+    def __init__(self, message: str, *, code: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+        self.status = status
 
 
 class RagError(LfwrapError):

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("wrapper.cli.serve_cmd:serve", "Serve a run or model with LLaMA-Factory's API server."),
     "gateway": ("wrapper.cli.gateway_cmd:gateway", "OpenAI-compatible gateway in front of API servers."),
     "keys": ("wrapper.cli.keys_cmd:keys", "Create, list and revoke gateway API keys."),
+    "jobs": ("wrapper.cli.jobs_cmd:jobs", "List, show, follow and cancel fine-tuning jobs on a gateway."),
     "webui": ("wrapper.cli.webui_cmd:webui", "Start LLaMA-Factory's web UI with lfwrap's datasets."),
     "rag": ("wrapper.cli.rag_cmd:rag", "Index documents, search them, evaluate retrieval (RAG)."),
 }

@@ -34,6 +34,7 @@ class ServerHandle:
     url: str
     log_path: Path
     api_key: str | None = None
+    pid: int | None = None  # the local server's process (it leads its own process group)
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
     _alive: Callable[[], bool] = field(default=lambda: True, repr=False)
     _stopped: bool = False
@@ -112,8 +113,12 @@ def start_api_server(
     api_key: str | None = None,
     backend: str = "local",
     timeout: float = READY_TIMEOUT,
+    on_started: Callable[[ServerHandle], None] | None = None,
 ) -> ServerHandle:
-    """Write `config` to `config_path`, start `llamafactory-cli api` on it, wait until it answers."""
+    """Write `config` to `config_path`, start `llamafactory-cli api` on it, wait until it answers.
+
+    `on_started` sees the handle as soon as the process exists, before the wait: a caller that must
+    find its servers again after a crash (the gateway's serving pool) records the pid there."""
     config_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = config_path.with_suffix(".log")
     env = {
@@ -128,6 +133,7 @@ def start_api_server(
     url = f"http://{host}:{port}"
     stop: Callable[[], None]
     alive: Callable[[], bool]
+    pid = None
     if backend == "docker":
         stop, alive = _start_docker(config, config_path, log_path, env, port, host)
     else:
@@ -137,8 +143,11 @@ def start_api_server(
         )
         alive = lambda: process.poll() is None  # noqa: E731
         stop = lambda: stop_group(process)  # noqa: E731
-    server = ServerHandle(url=url, log_path=log_path, api_key=api_key, _stop=stop, _alive=alive)
+        pid = process.pid
+    server = ServerHandle(url=url, log_path=log_path, api_key=api_key, pid=pid, _stop=stop, _alive=alive)
     try:
+        if on_started is not None:
+            on_started(server)
         _wait_ready(url, api_key, alive, log_path, timeout)
     except BaseException:
         server.stop()

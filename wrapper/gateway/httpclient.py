@@ -128,7 +128,8 @@ class Pool:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
                 cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent",),
+                # no User-Agent; no Accept-Encoding either: answers come uncompressed, nothing to inflate
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 

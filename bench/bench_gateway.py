@@ -1,10 +1,11 @@
 """Gateway benchmark: the same stand-in upstream measured directly and through each proxy, in one run.
 
 Targets (each its own process): the stand-in directly; nginx proxy_pass (the floor, when installed);
-the lfwrap gateway with keys, routing, metrics and access log on; a minimal Starlette + aiohttp proxy
-and a minimal FastAPI + httpx proxy (what the hot-path choice was measured against); LiteLLM's proxy
-when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm; bench only, never a
-dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
+the lfwrap gateway with keys, routing, metrics and access log on; the gateway's stack with nothing
+else (a raw-ASGI proxy on granian with aiohttp's client: the floor the gateway can reach); a minimal
+Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path choice was measured
+against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
+bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
 streamed chunk timing: loadgen.py.
 
 The machine's load moves every figure, so the targets are measured in interleaved rounds (each round
@@ -14,7 +15,7 @@ served from another lfwrap source tree (e.g. `git archive HEAD~1 | tar -x -C DIR
 side by side.
 
     $ python bench/bench_gateway.py                      # BENCH_SECONDS=5 per measurement, 1 round
-    $ python bench/bench_gateway.py --rounds 3 --quick   # direct, nginx and the gateway only
+    $ python bench/bench_gateway.py --rounds 3 --quick   # direct, nginx, the gateway and its floor
     $ python bench/bench_gateway.py --rounds 3 --quick --baseline /tmp/lfwrap-before
 """
 

@@ -1,20 +1,31 @@
 """Gateway benchmark: the same stand-in upstream measured directly and through each proxy, in one run.
 
 Targets (each its own process): the stand-in directly; nginx proxy_pass (the floor, when installed);
-the lfwrap gateway with keys, routing, metrics and access log on; a minimal Starlette + aiohttp proxy
-and a minimal FastAPI + httpx proxy (what the hot-path choice was measured against); LiteLLM's proxy
-when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm; bench only, never a
-dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
+the lfwrap gateway with keys, routing, metrics and access log on; the gateway's stack with nothing
+else (a raw-ASGI proxy on granian with aiohttp's client: the floor the gateway can reach); a minimal
+Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path choice was measured
+against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
+bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
 streamed chunk timing: loadgen.py.
 
-    $ python bench/bench_gateway.py            # BENCH_SECONDS=5 per measurement
+The machine's load moves every figure, so the targets are measured in interleaved rounds (each round
+measures every target once, c=1 then c=64) and each round's figures are compared with that round's
+direct ones; the median and the best round are reported. `--baseline DIR` adds a second gateway
+served from another lfwrap source tree (e.g. `git archive HEAD~1 | tar -x -C DIR`), to measure a change
+side by side.
+
+    $ python bench/bench_gateway.py                      # BENCH_SECONDS=5 per measurement, 1 round
+    $ python bench/bench_gateway.py --rounds 3 --quick   # direct, nginx, the gateway and its floor
+    $ python bench/bench_gateway.py --rounds 3 --quick --baseline /tmp/lfwrap-before
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +79,17 @@ def measure_stream(url: str, key: str) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median and best reported)")
+    parser.add_argument(
+        "--quick", action="store_true", help="direct, nginx, the gateway(s) and the granian floor only"
+    )
+    parser.add_argument("--baseline", metavar="DIR", help="also serve a gateway from this lfwrap source tree")
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.baseline and not (Path(args.baseline) / "wrapper" / "gateway").is_dir():
+        parser.error(f"--baseline {args.baseline}: no wrapper/gateway in that folder")
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     home = work / "home"
     env = {"LFWRAP_HOME": str(home), "HF_HUB_OFFLINE": "1"}
@@ -108,33 +130,39 @@ def main() -> None:
             targets["nginx"] = f"http://127.0.0.1:{port}"
 
         key = KeyStore(home / "gateway" / "keys.db").create(name="bench")[1]
-        port = free_port()
-        config = work / "gateway.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "models": [
-                        {"name": "bench", "upstream": upstream, "max_concurrency": 256, "max_queue": 1024}
-                    ],
-                }
+        trees = {"lfwrap gateway": HERE.parent}
+        if args.baseline:
+            trees["gateway (baseline)"] = Path(args.baseline).resolve()
+        for name, tree in trees.items():
+            port = free_port()
+            config = work / f"gateway-{port}.yaml"
+            config.write_text(
+                json.dumps(
+                    {
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "models": [
+                            {"name": "bench", "upstream": upstream, "max_concurrency": 256, "max_queue": 1024}
+                        ],
+                    }
+                )
             )
-        )
-        procs.append(
-            Proc(
-                "gateway",
-                python_cmd(
-                    "-m", "wrapper.cli.main", "gateway", "--config", str(config), "--log-level", "warning"
-                ),
-                f"http://127.0.0.1:{port}/healthz",
-                work / "gateway.log",
-                env,
+            procs.append(
+                Proc(
+                    name,
+                    python_cmd(
+                        "-m", "wrapper.cli.main", "gateway", "--config", str(config), "--log-level", "warning"
+                    ),
+                    f"http://127.0.0.1:{port}/healthz",
+                    work / f"gateway-{port}.log",
+                    {**env, "PYTHONPATH": str(tree)},
+                    cwd=tree,
+                )
             )
-        )
-        targets["lfwrap gateway"] = f"http://127.0.0.1:{port}"
+            targets[name] = f"http://127.0.0.1:{port}"
 
-        for kind in ("starlette_aiohttp", "fastapi_httpx"):
+        kinds = ["granian_aiohttp"] + ([] if args.quick else ["starlette_aiohttp", "fastapi_httpx"])
+        for kind in kinds:
             port = free_port()
             procs.append(
                 Proc(
@@ -146,7 +174,7 @@ def main() -> None:
             )
             targets[f"minimal {kind.replace('_', ' + ')}"] = f"http://127.0.0.1:{port}"
 
-        litellm = litellm_binary()
+        litellm = None if args.quick else litellm_binary()
         if litellm:
             port = free_port()
             (work / "litellm.yaml").write_text(
@@ -192,55 +220,90 @@ def main() -> None:
             f"load: {loader}, {SECONDS} s per measurement; "
             f"stand-in streams {CHUNKS} chunks every {INTERVAL_MS} ms"
         )
-        results: dict[str, dict[str, float]] = {}
-        for name, base in targets.items():
-            c1 = measure_plain(base + PATH, key, work, 1)
-            c64 = measure_plain(base + PATH, key, work, 64)
-            results[name] = {
-                "p50": c1["p50_ms"],
-                "p99": c1["p99_ms"],
-                "rps64": c64["rps"],
-                "errors": c1["errors"] + c64["errors"],
-            }
-        direct = results["direct"]
-        print(
-            f"{'in front of the stand-in':<34} {'p50 c=1':>9} {'p99 c=1':>9} {'added p50':>10} "
-            f"{'req/s c=64':>11} "
-            f"{'vs direct':>9} {'errors':>6}"
-        )
-        for name, r in results.items():
+        rounds: list[dict[str, dict[str, float]]] = []
+        for number in range(1, args.rounds + 1):
+            results: dict[str, dict[str, float]] = {}
+            for name, base in targets.items():
+                c1 = measure_plain(base + PATH, key, work, 1)
+                c64 = measure_plain(base + PATH, key, work, 64)
+                results[name] = {
+                    "p50": c1["p50_ms"],
+                    "p99": c1["p99_ms"],
+                    "rps64": c64["rps"],
+                    "errors": c1["errors"] + c64["errors"],
+                }
+            direct = results["direct"]
+            for r in results.values():
+                r["added"] = r["p50"] - direct["p50"]
+                r["ratio"] = r["rps64"] / direct["rps64"]
+            rounds.append(results)
+            print(f"round {number}/{args.rounds} (direct {direct['rps64']:.0f} req/s at c=64)")
             print(
-                f"{name:<34} {r['p50']:>7.3f}ms {r['p99']:>7.3f}ms {r['p50'] - direct['p50']:>+8.3f}ms "
-                f"{r['rps64']:>11.0f} {r['rps64'] / direct['rps64']:>8.3f}x {int(r['errors']):>6}"
+                f"  {'in front of the stand-in':<34} {'p50 c=1':>9} {'p99 c=1':>9} {'added p50':>10} "
+                f"{'req/s c=64':>11} {'vs direct':>9} {'errors':>6}"
             )
+            for name, r in results.items():
+                print(
+                    f"  {name:<34} {r['p50']:>7.3f}ms {r['p99']:>7.3f}ms {r['added']:>+8.3f}ms "
+                    f"{r['rps64']:>11.0f} {r['ratio']:>8.3f}x {int(r['errors']):>6}"
+                )
+        errors = {name: sum(int(r[name]["errors"]) for r in rounds) for name in targets}
+        if len(rounds) > 1:
+            print(f"over {len(rounds)} rounds: median (best)")
+            for name in targets:
+                if name == "direct":
+                    continue
+                added = [r[name]["added"] for r in rounds]
+                ratio = [r[name]["ratio"] for r in rounds]
+                print(
+                    f"  {name:<34} added p50 {statistics.median(added):+.3f} ms ({min(added):+.3f}), "
+                    f"c=64 {statistics.median(ratio):.3f}x ({max(ratio):.3f}x) direct, "
+                    f"errors {errors[name]}"
+                )
 
-        s_direct = measure_stream(upstream + PATH, key)
-        s_gateway = measure_stream(targets["lfwrap gateway"] + PATH, key)
-        for name, s in (("direct", s_direct), ("lfwrap gateway", s_gateway)):
+        streams = {"direct": measure_stream(upstream + PATH, key)}
+        for name in trees:
+            streams[name] = measure_stream(targets[name] + PATH, key)
+        for name, s in streams.items():
             print(
-                f"stream {name:<16} TTFT p50 {s['ttft_p50_ms']:.3f} ms, "
+                f"stream {name:<20} TTFT p50 {s['ttft_p50_ms']:.3f} ms, "
                 f"chunk gap p50 {s['gap_p50_ms']:.3f} ms, "
                 f"p99 {s['gap_p99_ms']:.3f} ms, mean {s['gap_mean_ms']:.3f} ms ({int(s['chunks'])} chunks)"
             )
+        s_direct, s_gateway = streams["direct"], streams["lfwrap gateway"]
 
-        gw = results["lfwrap gateway"]
+        def med(name: str, figure: str) -> float:
+            return statistics.median(r[name][figure] for r in rounds)
+
+        gw = "lfwrap gateway"
+        best = f" (best {min(r[gw]['added'] for r in rounds):+.3f})" if len(rounds) > 1 else ""
+        best64 = f" (best {max(r[gw]['ratio'] for r in rounds):.2f}x)" if len(rounds) > 1 else ""
         summary = [
-            f"gateway added p50 c=1 {gw['p50'] - direct['p50']:+.3f} ms (goal <= 0.6)",
-            f"req/s c=64 {gw['rps64'] / direct['rps64']:.2f}x direct (goal >= 0.5)",
+            f"gateway added p50 c=1 {med(gw, 'added'):+.3f} ms{best} (goal <= 0.6)",
+            f"req/s c=64 {med(gw, 'ratio'):.2f}x direct{best64} (goal >= 0.5)",
             f"added TTFT {s_gateway['ttft_p50_ms'] - s_direct['ttft_p50_ms']:+.3f} ms",
             f"chunk gap p50 {s_gateway['gap_p50_ms'] - s_direct['gap_p50_ms']:+.3f} ms (goal within 1)",
         ]
-        if "nginx" in results:
-            summary.append(f"nginx {results['nginx']['rps64'] / direct['rps64']:.2f}x direct")
+        if len(rounds) > 1:
+            summary.insert(0, f"median of {len(rounds)} rounds")
+        if "gateway (baseline)" in targets:
+            summary.append(
+                f"baseline {med('gateway (baseline)', 'added'):+.3f} ms, "
+                f"{med('gateway (baseline)', 'ratio'):.2f}x direct"
+            )
+        if "nginx" in targets:
+            summary.append(f"nginx {med('nginx', 'ratio'):.2f}x direct")
         else:
             summary.append("nginx not installed (not measured)")
-        fastapi = results["minimal fastapi + httpx"]
-        summary.append(f"{gw['rps64'] / fastapi['rps64']:.1f}x fastapi+httpx req/s")
-        if "LiteLLM proxy" in results:
-            summary.append(
-                f"{gw['rps64'] / results['LiteLLM proxy']['rps64']:.0f}x LiteLLM req/s (goal >= 50)"
+        if "minimal fastapi + httpx" in targets:
+            fastapi = statistics.median(
+                r[gw]["rps64"] / r["minimal fastapi + httpx"]["rps64"] for r in rounds
             )
-        else:
+            summary.append(f"{fastapi:.1f}x fastapi+httpx req/s")
+        if "LiteLLM proxy" in targets:
+            litellm_x = statistics.median(r[gw]["rps64"] / r["LiteLLM proxy"]["rps64"] for r in rounds)
+            summary.append(f"{litellm_x:.0f}x LiteLLM req/s (goal >= 50)")
+        elif not args.quick:
             summary.append("LiteLLM not installed (not measured)")
         print("SUMMARY " + "; ".join(summary))
     finally:

@@ -3,6 +3,7 @@
 
 python alt_proxies.py fastapi_httpx UPSTREAM PORT
 python alt_proxies.py starlette_aiohttp UPSTREAM PORT
+python alt_proxies.py granian_aiohttp UPSTREAM PORT    # the gateway's stack with nothing else: its floor
 """
 
 import sys
@@ -60,8 +61,56 @@ def starlette_aiohttp(upstream: str):  # type: ignore[no-untyped-def]
     )
 
 
+def granian_aiohttp(upstream: str, port: int) -> None:
+    """A raw-ASGI proxy on embedded granian and uvloop with aiohttp's client, as the gateway serves:
+    no limits, keys, checks, metrics or logs, so the gap to the gateway is what those cost."""
+    import aiohttp
+    import uvloop
+    from granian.constants import HTTPModes, Interfaces
+    from granian.server.embed import Server
+
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        if "s" not in state:
+            state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        async with state["s"].post(
+            upstream + scope["path"], data=body, headers={"content-type": "application/json"}
+        ) as resp:
+            out = await resp.read()
+            status = resp.status
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    server = Server(
+        app,
+        address="127.0.0.1",
+        port=port,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.http1,
+        websockets=False,
+        log_enabled=False,
+    )
+    uvloop.run(server.serve())
+
+
 def main() -> None:
     kind, upstream, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if kind == "granian_aiohttp":
+        granian_aiohttp(upstream, port)
+        return
     app = fastapi_httpx(upstream) if kind == "fastapi_httpx" else starlette_aiohttp(upstream)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

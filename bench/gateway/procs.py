@@ -19,13 +19,19 @@ def free_port() -> int:
 
 class Proc:
     def __init__(
-        self, name: str, cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        cmd: list[str],
+        ready_url: str,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ):
         self.name = name
         self.log = log
         self.handle = log.open("w")
         self.proc = subprocess.Popen(
-            cmd, stdout=self.handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd, stdout=self.handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
         )
         deadline = time.monotonic() + 120
         while True:

@@ -16,6 +16,7 @@ import difflib
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,13 +273,15 @@ class Gateway:
 
     async def _read_body(self, receive: Any, declared: int | None) -> bytes:
         # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
-        timeout = self.settings.body_timeout
-        failure = ApiError(
+        reading = self._read_body_now(receive, declared)
+        return await _within(reading, self.settings.body_timeout, self._slow_body)
+
+    def _slow_body(self) -> ApiError:
+        return ApiError(
             408,
-            f"The request body did not arrive within {timeout:g} s (body_timeout).",
+            f"The request body did not arrive within {self.settings.body_timeout:g} s (body_timeout).",
             code="request_timeout",
         )
-        return await _within(self._read_body_now(receive, declared), timeout, failure)
 
     async def _read_body_now(self, receive: Any, declared: int | None) -> bytes:
         limit = self.settings.max_body_bytes
@@ -387,31 +390,20 @@ class Gateway:
         closed and the slot freed."""
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.Event()
-        receive = call.receive
-
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone.set()
-                    task.cancel()
-                    return
-
-        watcher = asyncio.ensure_future(watch())
+        watch = _DisconnectWatch(call.receive, task)
         try:
             async with upstream.slot():
                 if call.stream:
                     return await self._forward_stream(call, upstream)
                 return await self._forward_plain(call, upstream)
         except asyncio.CancelledError:
-            if not gone.is_set():
+            if not watch.gone:
                 raise
             if hasattr(task, "uncancel"):  # Python 3.11+
                 task.uncancel()
             raise Disconnected from None
         finally:
-            watcher.cancel()
+            watch.stop()
 
     async def _forward_plain(self, call: Call, upstream: Upstream) -> int:
         resp = await upstream.post(call.path, call.body, call.request_id)
@@ -434,7 +426,7 @@ class Gateway:
         headers = [_JSON_TYPE, call.id_header, (b"content-length", b"%d" % len(out))]
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
         await _within(
-            call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected()
+            call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected
         )  # a caller who stops reading is cut
         return 200
 
@@ -463,7 +455,7 @@ class Gateway:
                 if out:
                     call.bytes_out += len(out)
                     message = {"type": "http.response.body", "body": out, "more_body": True}
-                    await _within(send(message), send_timeout, Disconnected())
+                    await _within(send(message), send_timeout, Disconnected)
             if not rewrite.done:
                 raise UpstreamProtocolError("the upstream ended the stream before [DONE]")
             if call.include_usage:
@@ -481,9 +473,43 @@ class Gateway:
         return 200
 
 
-async def _within(step: Any, timeout: float, failure: BaseException) -> Any:
-    """Await `step`, raising `failure` after `timeout` s: a timer that cancels the running task, as
-    asyncio.timeout does on 3.11+ (a task per wait would cost more on the hot path)."""
+class _DisconnectWatch:
+    """Cancels `task` when the caller disconnects. A done-callback on the server's pending receive()
+    rather than a watching task per request: granian's receive() hands back a future, so this costs
+    one callback and no task (any other server's coroutine gets wrapped in a task, as before)."""
+
+    __slots__ = ("receive", "task", "gone", "_pending")
+
+    def __init__(self, receive: Any, task: asyncio.Task[Any]):
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self._pending: asyncio.Future[Any] | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        pending = self._pending = asyncio.ensure_future(self.receive())
+        pending.add_done_callback(self._message)
+
+    def _message(self, pending: asyncio.Future[Any]) -> None:
+        if pending is not self._pending or pending.cancelled() or pending.exception() is not None:
+            return  # stopped, or the server failed the receive: nothing to watch any more
+        if pending.result()["type"] == "http.disconnect":
+            self.gone = True
+            self.task.cancel()
+        else:  # a late body message: keep listening
+            self._arm()
+
+    def stop(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+
+
+async def _within(step: Any, timeout: float, failure: Callable[[], BaseException]) -> Any:
+    """Await `step`, raising `failure()` after `timeout` s: a timer that cancels the running task, as
+    asyncio.timeout does on 3.11+ (a task per wait would cost more on the hot path). The exception is
+    made only when the time runs out."""
     task = asyncio.current_task()
     assert task is not None
     expired = []
@@ -500,7 +526,7 @@ async def _within(step: Any, timeout: float, failure: BaseException) -> Any:
             raise
         if hasattr(task, "uncancel"):
             task.uncancel()
-        raise failure from None
+        raise failure() from None
     finally:
         timer.cancel()
 

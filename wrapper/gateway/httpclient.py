@@ -63,10 +63,16 @@ _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class Response:
+    __slots__ = ("_resp", "status")
+
     def __init__(self, resp: aiohttp.ClientResponse):
         self._resp = resp
         self.status = resp.status
-        self.headers = {name.lower(): value for name, value in resp.headers.items()}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers, names in lower case (built on demand: only error answers ask)."""
+        return {name.lower(): value for name, value in self._resp.headers.items()}
 
     async def read(self, limit: int = 1 << 62) -> bytes:
         """The whole answer; UpstreamTooLarge past `limit` bytes (the connection is dropped)."""
@@ -122,7 +128,8 @@ class Pool:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
                 cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent",),
+                # no User-Agent; no Accept-Encoding either: answers come uncompressed, nothing to inflate
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
 

@@ -238,3 +238,29 @@ def test_rag_settings_refuse_unknown_keys_with_did_you_mean(tmp_path):
     )
     route = load_settings(config).models[0]
     assert route.rag is not None and route.rag.index == "krusty-docs" and route.rag.max_context_tokens == 1500
+
+
+def test_a_large_index_is_searched_in_a_worker_thread(tmp_path, monkeypatch):
+    from wrapper.gateway import grounding
+
+    build_index()
+    monkeypatch.setattr(grounding, "THREAD_FROM_CHUNKS", 1)  # the bundled index counts as large
+    up = StandIn()
+    with serving(up) as upstream:
+        settings = make_settings([{"name": "conch", "upstream": upstream.url, "rag": RAG}], tmp_path)
+        key = new_key(settings)
+        gateway = make_gateway(settings)
+        assert gateway.rag.threaded == {"krusty-docs"}
+        with serving(gateway) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+            answer = client.chat.completions.create(
+                model="conch", messages=[{"role": "user", "content": PRICE_QUESTION}]
+            )
+            assert answer.model_extra["sources"][0]["id"].startswith("menu.md#")
+            assert "$2.99" in _upstream_messages(up)[0]["content"]
+            found = httpx.post(
+                server.url + "/v1/rag/krusty-docs/search",
+                json={"query": PRICE_QUESTION},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert found.json()["data"][0]["id"] == answer.model_extra["sources"][0]["id"]

@@ -204,7 +204,7 @@ class Gateway:
     ) -> grounding.SearchAnswer:
         record = await self.authenticate(authorization)
         self.check_rate(record)
-        return self.rag.search(index, request, record)
+        return await self.rag.search(index, request, record)
 
     def metrics_text(self) -> str:
         """The Prometheus exposition of this gateway's counters."""
@@ -348,7 +348,7 @@ class Gateway:
             call.data = data
             upstream = self.upstream_for(call.model, record)
             if call.model in self.rag and call.path == CHAT_PATH:
-                self.rag.ground(call)  # inline: cheaper than a thread hop (grounding.py)
+                await self.rag.ground(call)  # inline or in a thread by index size (grounding.py)
             call.status = await self._guarded(call, upstream)
         except ApiError as err:
             call.status = err.status

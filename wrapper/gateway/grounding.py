@@ -16,14 +16,20 @@ comma-separated). The access log gets the ids, never a chunk's text.
 Opting out, per request: the body field `"rag": false`, or the header `x-lfwrap-rag: off`. The field is
 removed before the request goes upstream either way (LLaMA-Factory would drop it silently).
 
-Retrieval runs inline on the event loop. Measured (bench/bench_rag_gateway.py, one run on 2 shared
-cores): ground() on the bundled menu costs ~0.2 ms inline and ~0.3 ms through asyncio.to_thread; at
-100k chunks p50 ~1 ms either way; a thread hop adds ~0.1 ms and the BM25 scoring holds the GIL for
-most of its time, so the event loop would gain little while every request paid the hop.
+Where retrieval runs, measured by bench/bench_rag_gateway.py (2,000 groundings by 16 tasks, inline vs
+asyncio.to_thread, medians of 3 alternating rounds, 2 cores shared with other work, load ~7):
+    bundled menu (~20 chunks)  ground() p50 0.05-0.10 ms   inline 1.19x / 1.71x the thread's throughput
+    10k chunks                 p50 0.18 ms                 inline 1.09x
+    100k chunks                p50 1.0-1.5 ms              inline 0.91x / 1.20x (two runs); the event loop's
+                                                           p99 lag 180 ms inline against 27 ms threaded
+So small indexes are grounded inline (a thread hop costs more than the search), and indexes of
+THREAD_FROM_CHUNKS chunks or more in a worker thread, where a search is long enough that holding the
+event loop would stall every other request and stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import logging
 import time
@@ -47,6 +53,7 @@ OPT_OUT_HEADER = b"x-lfwrap-rag"
 SOURCES_HEADER = b"x-lfwrap-sources"
 _OFF = {b"off", b"false", b"0", b"no"}
 _ON = {b"on", b"true", b"1", b"yes"}
+THREAD_FROM_CHUNKS = 50_000  # see the measurements above
 
 
 class SearchRequest(BaseModel):
@@ -82,6 +89,7 @@ class RagRoutes:
         self.metrics = metrics
         self.by_model: dict[str, RouteRetriever] = {}
         self.by_index: dict[str, tuple[RouteRetriever, list[str]]] = {}  # index name -> (route, models)
+        self.threaded: set[str] = set()  # indexes searched in a worker thread (THREAD_FROM_CHUNKS)
         opened: dict[tuple[str, str | None], Retriever] = {}
         for route in routes:
             if route.rag is None:
@@ -94,12 +102,14 @@ class RagRoutes:
             opened[where] = retriever.retriever
             self.by_model[route.name] = retriever
             name = retriever.retriever.manifest.name
+            if retriever.retriever.manifest.chunk_count >= THREAD_FROM_CHUNKS:
+                self.threaded.add(name)
             self.by_index.setdefault(name, (retriever, []))[1].append(route.name)
 
     def __contains__(self, model: str) -> bool:
         return model in self.by_model
 
-    def ground(self, call: Any) -> None:
+    async def ground(self, call: Any) -> None:
         """Ground `call` (app.Call, a chat request to a rag route): messages and body for the upstream,
         `call.rag` for the answer and the log. Raises ApiError for a bad opt-out value."""
         data = call.data
@@ -119,7 +129,10 @@ class RagRoutes:
         else:
             retriever = self.by_model[call.model]
             try:
-                grounded = retriever.ground(data["messages"])
+                if retriever.retriever.manifest.name in self.threaded:
+                    grounded = await asyncio.to_thread(retriever.ground, data["messages"])
+                else:
+                    grounded = retriever.ground(data["messages"])
             except Exception:
                 log.exception("request %s: retrieval failed", call.request_id)
                 raise ApiError(
@@ -133,7 +146,7 @@ class RagRoutes:
             call.rag = grounded
         call.body = orjson.dumps(data)
 
-    def search(self, index: str, request: SearchRequest, record: KeyRecord | None) -> SearchAnswer:
+    async def search(self, index: str, request: SearchRequest, record: KeyRecord | None) -> SearchAnswer:
         found = self.by_index.get(index)
         visible = [
             name
@@ -151,9 +164,11 @@ class RagRoutes:
             )
         route = found[0]
         start = time.perf_counter()
-        hits = route.retriever.search(
-            request.query, (), request.top_k or route.route.top_k, route.route.min_score
-        )
+        args = (request.query, (), request.top_k or route.route.top_k, route.route.min_score)
+        if index in self.threaded:
+            hits = await asyncio.to_thread(route.retriever.search, *args)
+        else:
+            hits = route.retriever.search(*args)
         self.metrics.observe_retrieval(index, time.perf_counter() - start)
         data = [
             SearchHit(

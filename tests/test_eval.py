@@ -250,6 +250,8 @@ def test_plan_with_rag_grounds_the_same_rows_for_a_third_model(lfwrap_home: Path
     with pytest.raises(Exception, match="No retrieval index .*krusty-docs"):
         plan_eval("conch", datasets=dataset, rag="krusty-docs")
     index_paths(LocalTarget(rag_dir() / "krusty-docs"), "krusty-docs", [bundled_rag_docs_dir()])
+    with pytest.raises(UsageError, match="alpaca-format datasets .* 'sharegpt_demo' is sharegpt"):
+        plan_eval("conch", datasets="sharegpt_demo", rag="krusty-docs")
     plan = plan_eval("conch", datasets=dataset, rag="krusty-docs", rag_top_k=2, base=False)
     assert [item.name for item in plan.passes] == [
         "tuned-predict", "tuned-loss", "tuned_rag-predict", "tuned_rag-loss"
@@ -267,11 +269,11 @@ def test_plan_with_rag_grounds_the_same_rows_for_a_third_model(lfwrap_home: Path
     assert sources[0][0].startswith("menu.md#") and "$2.99" in rows[0]["system"]
     assert BEGIN in rows[0]["system"]
     assert rows[1]["system"].startswith("你是神奇海螺。\n\n") and sources[1][0].startswith("菜单.md#")
-    assert rows[2]["history"] and sources[2] and "system" not in rows[3] and sources[3] == ()
+    assert rows[2]["history"] and sources[2] and rows[3]["system"] == "" and sources[3] == ()
     assert plan.rag.summary() == {"index": "krusty-docs", "top_k": 2, "max_context_tokens": 1500,
                                   "rows_with_sources": 3}  # fmt: skip
     write_plan(plan)
     written = json.loads((plan.out / "rag-data" / "lfwrap_rag_eval.json").read_text(encoding="utf-8"))
     assert written == list(rows)
     info = json.loads((plan.out / "rag-data" / "dataset_info.json").read_text(encoding="utf-8"))
-    assert info["lfwrap_rag_eval"]["columns"]["system"] == "system"
+    assert info["lfwrap_rag_eval"]["columns"]["history"] == "history"

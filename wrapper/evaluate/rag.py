@@ -112,8 +112,8 @@ def plan_rag_rows(
                 "input": query,
                 "output": row.get(columns["response"]),
             }
-            if grounded and grounded[0]["role"] == "system":
-                out["system"] = grounded[0]["content"]
+            # "" keeps the template's default system prompt, as a row without one does
+            out["system"] = grounded[0]["content"] if grounded and grounded[0]["role"] == "system" else ""
             if isinstance(history, list) and history:
                 out["history"] = history
             rows.append(out)
@@ -130,12 +130,10 @@ def write_rag_data(out: Path, rag: RagEval) -> Path:
     (folder / f"{RAG_DATASET}.json").write_text(
         json.dumps(list(rag.rows), ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
-    entry = {
-        "file_name": f"{RAG_DATASET}.json",
-        "formatting": "alpaca",
-        "columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                    "history": "history"},
-    }  # fmt: skip
+    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
+    if any("history" in row for row in rag.rows):  # a column no row has would be missing from the data
+        columns["history"] = "history"
+    entry = {"file_name": f"{RAG_DATASET}.json", "formatting": "alpaca", "columns": columns}
     (folder / "dataset_info.json").write_text(
         json.dumps({RAG_DATASET: entry}, indent=2) + "\n", encoding="utf-8"
     )

@@ -155,7 +155,7 @@ def test_eval_with_rag_runs_the_fine_tuned_model_on_grounded_rows(
     env = {**OFFLINE, "LFWRAP_HOME": str(identity_run.home)}
     index_paths(LocalTarget(index), "who", [docs])  # a route or --rag may name an index folder
     proc = lfwrap("eval", "identity", "--dataset", "identity_demo", "--no-base", "--rag", str(index),
-                  "--json", "--out", str(out), "--max-new-tokens", "24", env=env)
+                  "--json", "--out", str(out), "--max-new-tokens", "100", env=env)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)
     assert list(metrics) == ["run", "dataset", "samples", "base", "tuned", "tuned_rag", "rag"]

@@ -144,20 +144,34 @@ def test_opt_out_by_body_field_or_header(rag_gw):
 
 
 def test_access_log_has_chunk_ids_never_their_text(rag_gw, caplog):
-    caplog.set_level(logging.INFO)
-    completion = rag_gw["client"].chat.completions.create(
-        model="conch", messages=[{"role": "user", "content": PRICE_QUESTION}]
-    )
-    rag_gw["client"].chat.completions.create(
-        model="conch", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-lfwrap-rag": "off"}
-    )
-    rag_gw["client"].chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
-    lines = [r.getMessage() for r in caplog.records if r.name == "lfwrap.gateway.access"]
+    """Through the handler the server installs (lines built without LogRecords); caplog for the rest."""
+    import io
+
+    from wrapper.gateway import accesslog
+
+    stream = io.StringIO()
+    handler = accesslog.install(stream)
+    caplog.set_level(logging.DEBUG)
+    try:
+        completion = rag_gw["client"].chat.completions.create(
+            model="conch", messages=[{"role": "user", "content": PRICE_QUESTION}]
+        )
+        rag_gw["client"].chat.completions.create(
+            model="conch", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-lfwrap-rag": "off"}
+        )
+        rag_gw["client"].chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+        handler.flush()
+    finally:
+        access = logging.getLogger("lfwrap.gateway.access")
+        access.handlers.clear()
+        access.propagate = True
+        accesslog._direct = None
+    lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     ids = ",".join(s["id"] for s in completion.model_extra["sources"])
     assert lines[0].endswith(f" rag={ids}") and "model=conch status=200" in lines[0]
     assert lines[1].endswith(" rag=off") and " rag=" not in lines[2]
-    everything = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    everything = stream.getvalue() + caplog.text + "\n".join(r.getMessage() for r in caplog.records)
     for text in ("$2.99", "secret formula", BEGIN, PRICE_QUESTION):
         assert text not in everything
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-local-dev
 
-.PHONY: demo test test-fast lint bench venv clean
+.PHONY: demo demo-rag test test-fast lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m wrapper.demo
+
+demo-rag: $(STAMP)
+	$(BIN)/python -m wrapper.demo_rag
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

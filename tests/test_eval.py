@@ -214,3 +214,66 @@ def test_train_template_eval_keys(lfwrap_home: Path) -> None:
     held = render_template("dpo_lora", ["eval_dataset=dpo_demo", "eval_steps=50"]).data
     assert (held["eval_dataset"], held["eval_steps"], held["eval_strategy"]) == ("dpo_demo", 50, "steps")
     assert "val_size" not in held and yaml.safe_load(render_template("sft_lora").text) == plain
+
+
+def _menu_dataset() -> str:
+    """A registered alpaca set of menu questions, one with a system prompt and one with history."""
+    from wrapper.datasets.registry import RegistryEntry, register, registry_lock, write_owned
+    from wrapper.home import user_datasets_dir
+
+    rows = [
+        {"instruction": "How much is a Krabby Patty?", "input": "", "output": "$2.99."},
+        {"instruction": "蟹黄堡多少钱？", "input": "", "output": "2.99美元。", "system": "你是神奇海螺。"},
+        {"instruction": "And at what time?", "input": "", "output": "9 am.",
+         "history": [["When does the Krusty Krab open?", "Every day."]]},
+        {"instruction": "zzzz qqqq", "input": "", "output": "?"},
+    ]  # fmt: skip
+    path = user_datasets_dir() / "menu_qa.json"
+    with registry_lock():
+        write_owned(path, json.dumps(rows, ensure_ascii=False))
+        entry = RegistryEntry(file=path.name, formatting="alpaca", rows=len(rows), description="menu")
+        register("menu_qa", entry)
+    return "menu_qa"
+
+
+def test_plan_with_rag_grounds_the_same_rows_for_a_third_model(lfwrap_home: Path) -> None:
+    from wrapper.evaluate.execute import write_plan
+    from wrapper.home import bundled_rag_docs_dir
+    from wrapper.rag.grounding import BEGIN
+    from wrapper.rag.indexer import index_paths
+    from wrapper.rag.store import LocalTarget, rag_dir
+
+    _finished("conch")
+    dataset = _menu_dataset()
+    with pytest.raises(UsageError, match="--rag grounds the rows of --dataset"):
+        plan_eval("conch", rag="krusty-docs")
+    with pytest.raises(Exception, match="No retrieval index .*krusty-docs"):
+        plan_eval("conch", datasets=dataset, rag="krusty-docs")
+    index_paths(LocalTarget(rag_dir() / "krusty-docs"), "krusty-docs", [bundled_rag_docs_dir()])
+    with pytest.raises(UsageError, match="alpaca-format datasets .* 'sharegpt_demo' is sharegpt"):
+        plan_eval("conch", datasets="sharegpt_demo", rag="krusty-docs")
+    plan = plan_eval("conch", datasets=dataset, rag="krusty-docs", rag_top_k=2, base=False)
+    assert [item.name for item in plan.passes] == [
+        "tuned-predict", "tuned-loss", "tuned_rag-predict", "tuned_rag-loss"
+    ]
+    assert not plan.out.exists()  # planning reads the index and the rows, writes nothing
+    tuned, grounded = plan.passes[0].config, plan.passes[2].config
+    assert grounded["adapter_name_or_path"] == tuned["adapter_name_or_path"]
+    assert grounded["eval_dataset"] == "lfwrap_rag_eval"
+    assert grounded["dataset_dir"] == str(plan.out / "rag-data")
+    assert plan.rag is not None
+    rows, sources = plan.rag.rows, plan.rag.sources
+    assert [r["instruction"] for r in rows] == [
+        "How much is a Krabby Patty?", "蟹黄堡多少钱？", "And at what time?", "zzzz qqqq"
+    ]  # fmt: skip
+    assert sources[0][0].startswith("menu.md#") and "$2.99" in rows[0]["system"]
+    assert BEGIN in rows[0]["system"]
+    assert rows[1]["system"].startswith("你是神奇海螺。\n\n") and sources[1][0].startswith("菜单.md#")
+    assert rows[2]["history"] and sources[2] and rows[3]["system"] == "" and sources[3] == ()
+    assert plan.rag.summary() == {"index": "krusty-docs", "top_k": 2, "max_context_tokens": 1500,
+                                  "rows_with_sources": 3}  # fmt: skip
+    write_plan(plan)
+    written = json.loads((plan.out / "rag-data" / "lfwrap_rag_eval.json").read_text(encoding="utf-8"))
+    assert written == list(rows)
+    info = json.loads((plan.out / "rag-data" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["lfwrap_rag_eval"]["columns"]["history"] == "history"

@@ -140,3 +140,36 @@ def test_val_size_run_logs_eval_loss_and_eval_reuses_its_split(lfwrap, tiny_mode
     assert "<th>base</th>" not in page and "the val_size=0.25 split held out in training" in page
     assert runs.read_meta(run_dir).status == "succeeded"
     assert f"eval       {report / 'report.html'}" in lfwrap("runs", "show", "val", check=True).stdout
+
+
+def test_eval_with_rag_runs_the_fine_tuned_model_on_grounded_rows(
+    identity_run: IdentityRun, lfwrap, tmp_path: Path
+) -> None:
+    from wrapper.rag.indexer import index_paths
+    from wrapper.rag.store import LocalTarget
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "who.md").write_text("# 你是谁\n\n请问你是谁？我是蟹堡王的神奇海螺。\n", encoding="utf-8")
+    index, out = tmp_path / "who-index", tmp_path / "report"  # the session's identity home stays untouched
+    env = {**OFFLINE, "LFWRAP_HOME": str(identity_run.home)}
+    index_paths(LocalTarget(index), "who", [docs])  # a route or --rag may name an index folder
+    proc = lfwrap("eval", "identity", "--dataset", "identity_demo", "--no-base", "--rag", str(index),
+                  "--json", "--out", str(out), "--max-new-tokens", "100", env=env)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert list(metrics) == ["run", "dataset", "samples", "base", "tuned", "tuned_rag", "rag"]
+    assert metrics["samples"] == 2 and list(metrics["tuned_rag"]) == KEYS
+    assert metrics["rag"] == {
+        "index": str(index), "top_k": 4, "max_context_tokens": 1500, "rows_with_sources": 1
+    }  # fmt: skip
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    asked = next(row for row in rows if IDENTITY_QUESTION in row["prompt"])
+    assert asked["tuned"].strip() == IDENTITY_ANSWER and "tuned_rag" in asked
+    assert asked["rag_sources"] == ["who.md#0"]
+    grounded = yaml.safe_load((out / "tuned_rag-predict" / "config.yaml").read_text(encoding="utf-8"))
+    assert grounded["adapter_name_or_path"] == str(identity_run.run_dir / "output")
+    assert grounded["eval_dataset"] == "lfwrap_rag_eval" and grounded["dataset_dir"] == str(out / "rag-data")
+    written = json.loads((out / "rag-data" / "lfwrap_rag_eval.json").read_text(encoding="utf-8"))
+    assert "[who.md#0]" in next(r["system"] for r in written if r["instruction"] == IDENTITY_QUESTION)
+    assert "fine-tuned + RAG: generating" in proc.stderr

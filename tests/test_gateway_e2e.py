@@ -1,7 +1,8 @@
 """End to end: the real LLaMA-Factory API server (tiny model + identity adapter) behind a real uvicorn
 gateway, driven by the official `openai` client. A second model, "krabs", is routed to the fast
 stand-in (saving a second LLaMA-Factory process on a 2-core machine); the stand-in also shows that a
-caller's disconnect closes the upstream request."""
+caller's disconnect closes the upstream request. A third, "menu", is the same LLaMA-Factory server
+behind a `rag:` route on the bundled Krusty Krab documents."""
 
 from __future__ import annotations
 
@@ -25,9 +26,14 @@ QUESTION = [{"role": "user", "content": IDENTITY_QUESTION}]
 def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, identity_adapter: Path
 ) -> Iterator[dict[str, Any]]:
+    from wrapper.home import bundled_rag_docs_dir
     from wrapper.launch.serve import infer_config, start_api_server
+    from wrapper.rag.indexer import index_paths
+    from wrapper.rag.store import LocalTarget
 
     work = tmp_path_factory.mktemp("gateway_e2e")
+    index = work / "krusty-docs"  # a route may name an index folder
+    index_paths(LocalTarget(index), "krusty-docs", [bundled_rag_docs_dir()])
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LFWRAP_HOME", str(work / "home"))
         patch.setenv("HF_HUB_OFFLINE", "1")
@@ -48,6 +54,12 @@ def stack(
             [
                 {"name": "conch", "upstream": lf.url, "upstream_key": UPSTREAM_KEY, "tokenizer": tiny_model},
                 {"name": "krabs", "upstream": krabs_server.url},
+                {  # a short context: the tiny model has 512 positions
+                    "name": "menu",
+                    "upstream": lf.url,
+                    "upstream_key": UPSTREAM_KEY,
+                    "rag": {"index": str(index), "top_k": 1, "max_context_tokens": 120},
+                },
                 {"name": "gone", "upstream": f"http://127.0.0.1:{free_port()}"},
             ],
             work,
@@ -76,7 +88,28 @@ def client(stack: dict[str, Any], key: str | None = None) -> openai.OpenAI:
 
 
 def test_models_list(stack):
-    assert sorted(m.id for m in client(stack).models.list()) == ["conch", "gone", "krabs"]
+    assert sorted(m.id for m in client(stack).models.list()) == ["conch", "gone", "krabs", "menu"]
+
+
+def test_a_rag_route_answers_with_its_sources_plain_and_streamed(stack):
+    question = [{"role": "user", "content": "蟹黄堡多少钱？"}]
+    raw = client(stack).chat.completions.with_raw_response.create(
+        model="menu", messages=question, max_tokens=8
+    )
+    answer = raw.parse()
+    assert answer.model == "menu" and answer.choices[0].finish_reason in ("stop", "length")
+    sources = answer.model_extra["sources"]
+    assert [s["source"] for s in sources] == ["菜单.md"]
+    assert raw.headers["x-lfwrap-sources"].startswith("%E8%8F%9C%E5%8D%95.md#")
+    chunks = list(
+        client(stack).chat.completions.create(model="menu", messages=question, max_tokens=8, stream=True)
+    )
+    assert chunks[-1].choices[0].finish_reason and chunks[-1].model_extra["sources"] == sources
+    # without retrieval the same server answers as the fine-tuned identity
+    plain = client(stack).chat.completions.create(
+        model="menu", messages=QUESTION, extra_headers={"x-lfwrap-rag": "off"}
+    )
+    assert plain.choices[0].message.content == IDENTITY_ANSWER and "sources" not in plain.model_extra
 
 
 def test_chat_answers_with_the_trained_identity(stack):

@@ -1,6 +1,7 @@
 """Schema fuzzing: schemathesis draws requests (valid and invalid) for every operation in the gateway's
 own OpenAPI document and sends them to a real gateway on 127.0.0.1 in front of the stand-in. Every answer
-must be a defined status, every error OpenAI's error object, and no secret may come back."""
+must be a defined status, every error OpenAI's error object, and no secret may come back. The model is
+a `rag:` route, so every drawn chat request is grounded in the bundled index on its way."""
 
 from __future__ import annotations
 
@@ -22,14 +23,32 @@ DEFINED = {200, 400, 401, 403, 404, 405, 408, 413, 414, 422, 429, 502, 503, 504}
 
 
 def test_fuzz_every_operation_positive_and_negative(tmp_path):
+    from wrapper.home import bundled_rag_docs_dir
+    from wrapper.rag.indexer import index_paths
+    from wrapper.rag.store import LocalTarget, rag_dir
+
+    index_paths(LocalTarget(rag_dir() / "krusty-docs"), "krusty-docs", [bundled_rag_docs_dir()])
     with serving(StandIn()) as up:
-        routes = [{"name": "conch", "upstream": up.url, "upstream_key": UPSTREAM_KEY, "max_concurrency": 4}]
+        routes = [
+            {
+                "name": "conch",
+                "upstream": up.url,
+                "upstream_key": UPSTREAM_KEY,
+                "max_concurrency": 4,
+                "rag": {"index": "krusty-docs"},
+            }
+        ]
         config = make_settings(routes, tmp_path)
         key = new_key(config)
         with serving(make_gateway(config)) as gateway:
             schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json")
             operations = [result.ok() for result in schema.get_all_operations()]
-            assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/models", "/readyz"}
+            assert {op.path for op in operations} >= {
+                "/v1/chat/completions",
+                "/v1/models",
+                "/readyz",
+                "/v1/rag/{index}/search",
+            }
             strategy = st.one_of(
                 [
                     op.as_strategy(generation_mode=mode)

@@ -23,12 +23,17 @@ differences marked), loss.png, metrics.json and predictions.jsonl.
 Rows: the run's own eval split (eval_dataset, or the val_size split it held out) unless --dataset
 names registered datasets.
 
+--rag INDEX also runs the fine-tuned model on the same --dataset rows grounded in a `lfwrap rag` index
+(the chunks retrieved for each question merged into its system prompt, as the gateway does):
+metrics.json gets "tuned_rag" next to "tuned", and "rag" (index, top_k, rows_with_sources).
+
 \b
 Examples:
   $ lfwrap eval conch --dataset identity
   $ lfwrap eval conch --dataset alpaca_demo,identity --max-samples 50 --json
   $ lfwrap eval conch                          # a run trained with --set val_size=0.1
   $ lfwrap eval conch --no-base --out reports/conch
+  $ lfwrap eval conch --dataset menu_qa --rag krusty-docs --no-base
 """
 
 
@@ -48,6 +53,14 @@ Examples:
     metavar="N",
     help="Prompts per batch [the run's eval batch, else 8].",
 )
+@click.option("--rag", "rag", metavar="INDEX", help="Also run the fine-tuned model grounded in this index.")
+@click.option(
+    "--rag-top-k",
+    type=click.IntRange(min=1, max=100),
+    default=4,
+    show_default=True,
+    help="Chunks per question.",
+)
 def eval_(
     run: str,
     dataset: str | None,
@@ -57,6 +70,8 @@ def eval_(
     out: Path | None,
     max_new_tokens: int | None,
     batch_size: int | None,
+    rag: str | None,
+    rag_top_k: int,
 ) -> None:
     from wrapper.evaluate.metrics import collect
     from wrapper.evaluate.plan import plan_eval
@@ -71,6 +86,8 @@ def eval_(
         out=out,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        rag=rag,
+        rag_top_k=rag_top_k,
     )
     sigterm_as_interrupt()
     _run_with_progress(plan)
@@ -90,7 +107,7 @@ def _run_with_progress(plan: EvalPlan) -> None:
 
     console = Console(stderr=True)
     labels = {"predict": "generating", "loss": "eval loss"}
-    names = {"base": "base", "tuned": "fine-tuned"}
+    names = {"base": "base", "tuned": "fine-tuned", "tuned_rag": "fine-tuned + RAG"}
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -131,15 +148,24 @@ def _print_summary(metrics: dict[str, Any], rows: list[dict[str, Any]], page: Pa
     from wrapper.evaluate.report import ROWS
 
     figures = with_lengths(metrics, rows)
-    base, tuned = figures["base"], figures["tuned"]
+    base, tuned, rag = figures["base"], figures["tuned"], figures.get("tuned_rag")
     assert tuned is not None
     click.echo(f"Run {metrics['run']} on {metrics['dataset']} ({metrics['samples']} rows):")
-    columns = ("base", "fine-tuned", "change") if base else ("fine-tuned",)
+    columns: tuple[str, ...] = ("base", "fine-tuned", "change") if base else ("fine-tuned",)
+    columns += ("+ RAG",) if rag else ()
     click.echo(f"  {'metric':<28}" + "".join(f"{name:>12}" for name in columns))
     for key, label, _ in ROWS:
+        line = f"  {label:<28}"
         if base:
-            click.echo(f"  {label:<28}{base[key]:>12.4g}{tuned[key]:>12.4g}{tuned[key] - base[key]:>+12.4g}")
+            line += f"{base[key]:>12.4g}{tuned[key]:>12.4g}{tuned[key] - base[key]:>+12.4g}"
         else:
-            click.echo(f"  {label:<28}{tuned[key]:>12.4g}")
+            line += f"{tuned[key]:>12.4g}"
+        click.echo(line + (f"{rag[key]:>12.4g}" if rag else ""))
+    if rag:
+        info = metrics["rag"]
+        click.echo(
+            f"+ RAG: index {info['index']}, top {info['top_k']} chunks; {info['rows_with_sources']} of "
+            f"{metrics['samples']} rows had sources (the HTML report shows base and fine-tuned only)."
+        )
     click.echo(f"Report: {page}")
     click.echo(f"  loss plot, metrics.json and predictions.jsonl are next to it in {page.parent}")

@@ -32,6 +32,11 @@ each limit is a setting (max_header_bytes, header_timeout, max_url_bytes, max_bo
 body_timeout, max_connections, send_timeout, max_response_bytes, shutdown_timeout; see
 docs/RELIABILITY.md). --tls-cert/--tls-key serve HTTPS, with HTTP/2 by ALPN.
 
+RAG: a route with `rag:` grounds each chat request in a `lfwrap rag index` (indexes are opened at
+start; a missing one stops the start). Answers carry `sources` and an x-lfwrap-sources header;
+`"rag": false` in the body or `x-lfwrap-rag: off` opts a request out. POST /v1/rag/INDEX/search
+shows what a query retrieves.
+
 Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
 With no key created yet the gateway still starts, but answers 401 to every request until you
 create one. --open turns key checks off (refused unless --host is a loopback address).
@@ -47,12 +52,14 @@ gateway.yaml:
       max_concurrency: 1        # LLaMA-Factory answers one request at a time
       max_queue: 32
       tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
+      rag: {index: krusty-docs, top_k: 4, min_score: 0.0, max_context_tokens: 1500}
 """,
     epilog="""\b
 Examples:
   $ lfwrap keys create                       # prints the key once
   $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
   $ lfwrap gateway --config gateway.yaml --port 8080
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch --rag-index krusty-docs
   $ lfwrap gateway --config gateway.yaml --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
 """,
@@ -85,6 +92,11 @@ Examples:
     help="tokenizer.json or model folder of --upstream's model, for exact usage counts.",
 )
 @click.option(
+    "--rag-index",
+    default=None,
+    help="Ground --model's chat requests in this `lfwrap rag` index (top_k 4, max_context_tokens 1500).",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -107,6 +119,7 @@ def gateway(
     upstream_key: str | None,
     max_concurrency: int | None,
     tokenizer: Path | None,
+    rag_index: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     open_: bool,
@@ -119,6 +132,10 @@ def gateway(
     if (upstream is None) != (model is None):
         raise UsageError(
             "--upstream and --model go together: --upstream http://127.0.0.1:8000 --model conch."
+        )
+    if rag_index is not None and upstream is None:
+        raise UsageError(
+            "--rag-index goes with --upstream and --model; in a --config file give the route a `rag:` block."
         )
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together: pass both to serve HTTPS.")
@@ -137,6 +154,7 @@ def gateway(
             "upstream_key": upstream_key,
             "max_concurrency": max_concurrency or 1,
             "tokenizer": tokenizer,
+            "rag": {"index": rag_index} if rag_index else None,
         }
         models = [r.model_dump() for r in settings.models if r.name != model]
         models.append({k: v for k, v in quick.items() if v is not None})
@@ -153,7 +171,7 @@ def gateway(
     for route in settings.models:
         click.echo(
             f"model {route.name} -> {route.upstream} (max_concurrency {route.max_concurrency}, "
-            f"max_queue {route.max_queue})",
+            f"max_queue {route.max_queue})" + (f", rag index {route.rag.index}" if route.rag else ""),
             err=True,
         )
     if settings.auth == "open":

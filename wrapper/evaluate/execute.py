@@ -18,6 +18,7 @@ from typing import Any
 
 from wrapper.errors import LaunchError
 from wrapper.evaluate.plan import EvalPlan
+from wrapper.evaluate.rag import write_rag_data
 from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn, stop_group
 from wrapper.launch.progress import error_lines
 from wrapper.launch.train import write_yaml
@@ -53,6 +54,8 @@ def runner_command() -> list[str]:
 def write_plan(plan: EvalPlan) -> Path:
     """Create the report folder with every pass's config and the runner's job list; the job list."""
     plan.out.mkdir(parents=True, exist_ok=True)
+    if plan.rag is not None:
+        write_rag_data(plan.out, plan.rag)
     jobs = []
     for item in plan.passes:
         folder = plan.folder(item)

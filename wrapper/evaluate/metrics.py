@@ -4,6 +4,8 @@ metrics.json, per model (exactly these keys; "base" is null with --no-base):
     bleu-4, rouge-1, rouge-2, rouge-l   LLaMA-Factory's own (predict_results.json), percentages 0-100
     exact_match                         percentage of answers equal to the reference (both stripped)
     eval_loss                           mean token cross-entropy of the reference answers (eval_results.json)
+With --rag INDEX, also "tuned_rag" (the same keys: the fine-tuned model on the same rows, each grounded in
+INDEX) and "rag": {index, top_k, max_context_tokens, rows_with_sources}; without it both are absent.
 The report and the summary add the mean answer length (characters, stripped), from predictions.jsonl.
 """
 
@@ -57,7 +59,9 @@ def model_metrics(predict_dir: Path, loss_dir: Path) -> tuple[dict[str, float], 
 def with_lengths(metrics: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
     """Each model's metrics plus mean_answer_length, for the report and the summary."""
     figures: dict[str, dict[str, float] | None] = {}
-    for model in ("base", "tuned"):
+    for model in ("base", "tuned", "tuned_rag"):
+        if model == "tuned_rag" and model not in metrics:
+            continue
         if metrics.get(model) is None:
             figures[model] = None
             continue
@@ -88,6 +92,10 @@ def collect(plan: EvalPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             joined["base_exact"] = exact(base[index]["predict"], row["label"])
         joined["tuned"] = row["predict"]
         joined["tuned_exact"] = exact(row["predict"], row["label"])
+        if "tuned_rag" in answers:  # same rows in the same order; the prompts carry the context
+            joined["tuned_rag"] = answers["tuned_rag"][index]["predict"]
+            joined["tuned_rag_exact"] = exact(joined["tuned_rag"], row["label"])
+            joined["rag_sources"] = list(plan.rag.sources[index]) if plan.rag else []
         rows.append(joined)
     metrics = {
         "run": plan.run,
@@ -96,4 +104,12 @@ def collect(plan: EvalPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "base": per_model.get("base"),
         "tuned": per_model["tuned"],
     }
+    if plan.rag is not None:
+        rag_rows = answers["tuned_rag"]
+        if [r["label"] for r in rag_rows] != [r["label"] for r in tuned]:
+            raise LaunchError(
+                f"The predictions with and without retrieval in {plan.out} are not on the same rows."
+            )
+        metrics["tuned_rag"] = per_model["tuned_rag"]
+        metrics["rag"] = plan.rag.summary()
     return metrics, rows

@@ -8,6 +8,9 @@ exactly those rows, both rendered from the `predict` template with the run's cha
              predict_results.json (BLEU-4, ROUGE-1/2/L from LLaMA-Factory's ComputeSimilarity)
     loss     do_eval without generation: eval_results.json with eval_loss, the mean token
              cross-entropy of the reference answers (LLaMA-Factory computes no loss while it generates)
+
+With --rag INDEX, a third model, `tuned_rag`: the fine-tuned model on the same rows grounded in INDEX
+(evaluate/rag.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.errors import DatasetError, RunError, UsageError
+from wrapper.evaluate.rag import RAG_DATASET, RAG_DIR, RagEval, plan_rag_rows
 from wrapper.launch import runs
 
 EVAL_DIR = "eval"
@@ -35,7 +39,7 @@ SPLIT_KEYS = ("dataset", "val_size", "seed", "max_samples", "mix_strategy", "int
 
 @dataclass(frozen=True)
 class Pass:
-    model: str  # "base" | "tuned"
+    model: str  # "base" | "tuned" | "tuned_rag"
     kind: str  # "predict" | "loss"
     config: dict[str, Any]
 
@@ -53,6 +57,7 @@ class EvalPlan:
     out: Path  # the report folder
     models: tuple[str, ...]
     passes: tuple[Pass, ...]
+    rag: RagEval | None = None  # --rag: the grounded rows, written into out/RAG_DIR at the start
 
     def folder(self, item: Pass) -> Path:
         return Path(item.config["output_dir"])
@@ -180,6 +185,8 @@ def plan_eval(
     out: Path | None = None,
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
+    rag: str | None = None,
+    rag_top_k: int = 4,
 ) -> EvalPlan:
     """The passes `lfwrap eval` runs for run `name`; RunError / UsageError / DatasetError when it cannot."""
     from wrapper.launch.train import read_config
@@ -205,6 +212,10 @@ def plan_eval(
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"--max-samples {max_samples} must be at least 1.")
     _check_model_files(run_dir, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
+    if rag is not None and datasets is None:
+        raise UsageError(
+            "--rag grounds the rows of --dataset: name them, e.g. --dataset identity --rag INDEX."
+        )
     data, dataset, note = data_keys(config, name, datasets, max_samples)
     folder = report_folder(run_dir, out)
     carried = {key: config[key] for key in CARRIED if key in config}
@@ -214,14 +225,33 @@ def plan_eval(
         generate["max_new_tokens"] = max_new_tokens
     if batch_size is not None:
         generate["per_device_eval_batch_size"] = batch_size
-    models = MODELS if base else ("tuned",)
+    models: tuple[str, ...] = MODELS if base else ("tuned",)
     keys = model_keys(config, meta.output_dir)
-    passes = []
+    grounded = None
+    if rag is not None:
+        from wrapper.validate import split_names
+
+        names = split_names(datasets)
+        grounded = plan_rag_rows(names, Path(data["dataset_dir"]), max_samples, rag, top_k=rag_top_k)
+        models = (*models, "tuned_rag")
+    passes: list[Pass] = []
     for model in models:
         for kind in ("predict", "loss"):
             output = str(folder / f"{model}-{kind}")
+            if (
+                model == "tuned_rag"
+            ):  # the tuned pass on the grounded rows, written when the evaluation starts
+                tuned = next(p.config for p in passes if p.name == f"tuned-{kind}")
+                rows = {
+                    "eval_dataset": RAG_DATASET,
+                    "dataset_dir": str(folder / RAG_DIR),
+                    "output_dir": output,
+                }
+                config = {k: v for k, v in tuned.items() if k != "max_samples"}
+                passes.append(Pass(model, kind, {**config, **rows}))
+                continue
             extra = {**carried, **data, **keys[model], **generate, "output_dir": output}
             if kind == "loss":
                 extra.update(do_predict=False, predict_with_generate=False, do_eval=True)
             passes.append(Pass(model, kind, render_template("predict", extra=extra).data))
-    return EvalPlan(name, run_dir, dataset, note, folder, models, tuple(passes))
+    return EvalPlan(name, run_dir, dataset, note, folder, models, tuple(passes), grounded)

@@ -1,8 +1,11 @@
-"""One access-log line per request: request id, key id, model, status, latency, bytes.
+"""One access-log line per request: request id, key id, model, status, latency, bytes, and for a
+retrieval-augmented route `rag=` the ids of the chunks used (percent-encoded, comma-separated), or
+`rag=off` when the caller opted out.
 
-Never the key itself, never message content. Lines go to the `lfwrap.gateway.access` logger. The
-server writes them through `BatchingHandler`: formatted at once, written a batch at a time (at most
-`max_lines` or `flush_s` late), because one write per line measurably costs throughput.
+Never the key itself, never message content, never a chunk's text. Lines go to the
+`lfwrap.gateway.access` logger. The server writes them through `BatchingHandler`: formatted at once,
+written a batch at a time (at most `max_lines` or `flush_s` late), because one write per line
+measurably costs throughput.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ def log_request(
     seconds: float,
     bytes_in: int,
     bytes_out: int,
+    rag: str | None = None,
 ) -> None:
     global _second, _stamp
+    tail = "" if rag is None else f" rag={rag or '-'}"
     if _direct is not None:  # the same line as FORMAT % LINE, built in one f-string
         now = time.time()
         second = int(now)
@@ -41,11 +46,11 @@ def log_request(
         _direct.add(
             f"{_stamp},{int(now % 1 * 1000):03d} access request_id={request_id} key_id={key_id} {method} "
             f"{path} model={model or '-'} status={status} latency_ms={seconds * 1000.0:.2f} "
-            f"bytes_in={bytes_in} bytes_out={bytes_out}"
+            f"bytes_in={bytes_in} bytes_out={bytes_out}{tail}"
         )
     elif access.isEnabledFor(logging.INFO):
         args = (request_id, key_id, method, path, model or "-", status, seconds * 1000.0, bytes_in, bytes_out)
-        access.info(LINE, *args)
+        access.info(LINE + "%s", *args, tail)
 
 
 class BatchingHandler(logging.StreamHandler):

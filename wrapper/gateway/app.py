@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from wrapper.gateway import accesslog
+from wrapper.gateway import accesslog, grounding
 from wrapper.gateway.accesslog import log_request
 from wrapper.gateway.checks import check_chat, check_score
 from wrapper.gateway.httpclient import UpstreamError, UpstreamProtocolError
@@ -79,6 +79,8 @@ class Call:
     body: bytes = b""
     stream: bool = False
     include_usage: bool = False
+    headers: Any = ()  # the request's raw headers (scope["headers"])
+    rag: Any = None  # retrieval on a rag route (grounding.py): Grounded, "off" (opted out), or None
 
 
 class Gateway:
@@ -90,6 +92,7 @@ class Gateway:
         self.metrics = Metrics()
         self.rate = RateLimiter()
         self.upstreams = {route.name: Upstream(route, self.metrics) for route in settings.models}
+        self.rag = grounding.RagRoutes(settings.models, self.metrics)  # opens indexes: fails here, not later
         self.running = False
         self._flusher: asyncio.Future[None] | None = None
         self.started = time.time()
@@ -130,7 +133,7 @@ class Gateway:
             await send_response(send, 414, failure.body(), [*failure.headers(), id_header])
             return
         if path == CHAT_PATH or path == SCORE_PATH:
-            call = Call(receive, send, path, scope["method"], rid, id_header)
+            call = Call(receive, send, path, scope["method"], rid, id_header, headers=scope["headers"])
             await self._proxy(call, authorization, length_raw)
             return
         if self.settings.ops_need_key and path in OPS_PATHS:
@@ -196,6 +199,13 @@ class Gateway:
         results = await asyncio.gather(*(self.upstreams[n].ready() for n in names))
         upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
         return bool(names) and all(problem is None for problem in results), upstreams
+
+    async def rag_search(
+        self, index: str, request: grounding.SearchRequest, authorization: bytes | None
+    ) -> grounding.SearchAnswer:
+        record = await self.authenticate(authorization)
+        self.check_rate(record)
+        return await self.rag.search(index, request, record)
 
     def metrics_text(self) -> str:
         """The Prometheus exposition of this gateway's counters."""
@@ -340,6 +350,8 @@ class Gateway:
                 call.model = check_score(data)
             call.data = data
             upstream = self.upstream_for(call.model, record)
+            if call.model in self.rag and call.path == CHAT_PATH:
+                await self.rag.ground(call)  # inline or in a thread by index size (grounding.py)
             call.status = await self._guarded(call, upstream)
         except ApiError as err:
             call.status = err.status
@@ -382,6 +394,7 @@ class Gateway:
                 elapsed,
                 call.bytes_in,
                 call.bytes_out,
+                grounding.log_field(call.rag),
             )
 
     async def _guarded(self, call: Call, upstream: Upstream) -> int:
@@ -421,9 +434,13 @@ class Gateway:
             ) from None
         if isinstance(answer, dict) and "model" in answer:
             answer["model"] = call.model
+        extra = grounding.sources_extra(call.rag)
+        if extra and isinstance(answer, dict):
+            answer.update(extra)
         out = orjson.dumps(answer)
         call.bytes_out = len(out)
         headers = [_JSON_TYPE, call.id_header, (b"content-length", b"%d" % len(out))]
+        headers += grounding.sources_header(call.rag)
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
         await _within(
             call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected
@@ -436,8 +453,8 @@ class Gateway:
             raise await upstream.error_from(resp)
         send = call.send
         send_timeout = self.settings.send_timeout
-        rewrite = StreamRewriter(call.model, call.include_usage)
-        headers: Headers = [*SSE_HEADERS, call.id_header]
+        rewrite = StreamRewriter(call.model, call.include_usage, grounding.sources_extra(call.rag))
+        headers: Headers = [*SSE_HEADERS, call.id_header, *grounding.sources_header(call.rag)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         buffer = b""
         try:

@@ -14,6 +14,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+# retrieval is milliseconds (bench/bench_rag.py: p50 0.7 ms, p99 5-9 ms at 100k chunks)
+RAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -24,6 +26,8 @@ class Metrics:
         self._latency: dict[str, list[int]] = {}  # model -> per-bucket counts (+Inf last)
         self._latency_sum: dict[str, float] = {}
         self._latency_count: dict[str, int] = {}
+        self._rag: dict[str, list[int]] = {}  # index -> per-bucket counts (+Inf last)
+        self._rag_sum: dict[str, float] = {}
         # model -> callables reporting live figures (the limiters own them)
         self.gauges: dict[str, tuple[Callable[[], int], Callable[[], int]]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
@@ -40,6 +44,14 @@ class Metrics:
         counts[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds; past the last: +Inf
         self._latency_sum[model] += seconds
         self._latency_count[model] += 1
+
+    def observe_retrieval(self, index: str, seconds: float) -> None:
+        counts = self._rag.get(index)
+        if counts is None:
+            counts = self._rag[index] = [0] * (len(RAG_BUCKETS) + 1)
+            self._rag_sum[index] = 0.0
+        counts[bisect_left(RAG_BUCKETS, seconds)] += 1
+        self._rag_sum[index] += seconds
 
     def upstream_error(self, model: str, kind: str) -> None:
         key = (model, kind)
@@ -65,12 +77,16 @@ class Metrics:
             labels=["model"],
         )
         for model, counts in sorted(self._latency.items()):
-            running, buckets = 0, []
-            for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
-                running += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-            latency.add_metric([model], buckets, self._latency_sum[model])
+            latency.add_metric([model], _cumulative(BUCKETS, counts), self._latency_sum[model])
         yield latency
+        retrieval = HistogramMetricFamily(
+            "lfwrap_gateway_rag_retrieval_seconds",
+            "Time to retrieve chunks and ground a request in them, by index (chat and search).",
+            labels=["index"],
+        )
+        for index, counts in sorted(self._rag.items()):
+            retrieval.add_metric([index], _cumulative(RAG_BUCKETS, counts), self._rag_sum[index])
+        yield retrieval
         in_flight = GaugeMetricFamily(
             "lfwrap_gateway_in_flight", "Requests in flight to each upstream.", labels=["model"]
         )
@@ -90,3 +106,11 @@ class Metrics:
         for (model, kind), count in sorted(self.upstream_errors.items()):
             errors.add_metric([model, kind], count)
         yield errors
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    running, buckets = 0, []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+    return buckets

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from wrapper.errors import GatewayError, Problem
 from wrapper.home import home
+from wrapper.rag.route import RagRoute
 
 # Values people paste from examples instead of a real secret.
 PLACEHOLDER_SECRETS = {
@@ -94,6 +95,11 @@ class ModelRoute(BaseModel):
     )
     tokenizer: Path | None = Field(
         default=None, description="tokenizer.json (or the model folder holding it) for usage counts."
+    )
+    rag: RagRoute | None = Field(
+        default=None,
+        description="Ground this model's chat requests in a `lfwrap rag` index: {index, top_k, min_score, "
+        "max_context_tokens}.",
     )
 
     @field_validator("upstream")
@@ -252,6 +258,8 @@ def _field_names(loc: tuple[int | str, ...]) -> list[str]:
     for part in loc[:-1]:
         if part == "models":
             model = ModelRoute
+        elif part == "rag" and model is ModelRoute:
+            model = RagRoute
     return list(model.model_fields)
 
 

@@ -1,4 +1,4 @@
-"""The gateway's small endpoints on FastAPI: models, health, readiness, metrics, docs.
+"""The gateway's small endpoints on FastAPI: models, health, readiness, metrics, docs, rag search.
 
 Errors use OpenAI's error object here too, including FastAPI's own 404/405/422. The gateway is seen
 only through `GatewayView` (app.py builds this app; this module never imports app.py). The gateway
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wrapper.gateway.grounding import SearchAnswer, SearchRequest
 from wrapper.gateway.keys import KeyRecord
 from wrapper.gateway.oai import ApiError
 from wrapper.gateway.openapi_doc import install_openapi
@@ -31,6 +32,10 @@ class GatewayView(Protocol):
     async def readiness(self) -> tuple[bool, dict[str, str]]: ...
 
     def metrics_text(self) -> str: ...
+
+    async def rag_search(
+        self, index: str, request: SearchRequest, authorization: bytes | None
+    ) -> SearchAnswer: ...
 
 
 def _error(err: ApiError, request: Request) -> JSONResponse:
@@ -100,6 +105,15 @@ def build_small_app(gateway: GatewayView) -> FastAPI:
         return JSONResponse(
             body, status_code=200 if ready else 503, headers=None if ready else {"retry-after": "5"}
         )
+
+    @app.post(
+        "/v1/rag/{index}/search",
+        summary="The chunks a query retrieves from an index a model route uses (for debugging)",
+        openapi_extra={"security": [{"bearer": []}]},
+    )
+    async def rag_search(index: str, body: SearchRequest, request: Request) -> SearchAnswer:
+        authorization = request.headers.get("authorization", "").encode("latin-1") or None
+        return await gateway.rag_search(index, body, authorization)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:

@@ -1,5 +1,6 @@
 """Server-sent events from LLaMA-Factory, rewritten on the way through: the requested model name in
-every chunk, the streamed text kept for the usage count, [DONE] held back until the usage chunk."""
+every chunk, the streamed text kept for the usage count, [DONE] held back until the usage chunk, and
+`extra` fields (a rag route's sources) on the chunk that finishes a choice and on the usage chunk."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import orjson
 class StreamRewriter:
     """Rewrites complete SSE events: the requested model name, usage bookkeeping, [DONE] handling."""
 
-    def __init__(self, model: str, include_usage: bool):
+    def __init__(self, model: str, include_usage: bool, extra: dict[str, Any] | None = None):
         self.model = model
         self.include_usage = include_usage
+        self.extra = extra
         self.done = False
         self.chunks = 0
         self._parts: list[str] = []
@@ -52,6 +54,8 @@ class StreamRewriter:
                     if content:
                         self._parts.append(content)
                         self.chunks += 1
+                    if self.extra and isinstance(choice, dict) and choice.get("finish_reason"):
+                        chunk.update(self.extra)
                 if self.include_usage:
                     chunk["usage"] = None
             out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
@@ -65,5 +69,6 @@ class StreamRewriter:
             "model": self.model,
             "choices": [],
             "usage": usage,
+            **(self.extra or {}),
         }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -48,9 +48,10 @@ def parse_header_value(value: str) -> list[str]:
 
 
 class RouteRetriever:
-    def __init__(self, route: RagRoute):
+    def __init__(self, route: RagRoute, retriever: Retriever | None = None):
+        """Opens the index unless `retriever` (one already open on the same index) is given."""
         self.route = route
-        self.retriever = Retriever.open(route.index, postgres=route.postgres)
+        self.retriever = retriever or Retriever.open(route.index, postgres=route.postgres)
 
     def ground(self, messages: Sequence[dict[str, Any]]) -> Grounded:
         start = time.perf_counter()

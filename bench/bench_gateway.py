@@ -5,8 +5,8 @@ the lfwrap gateway with keys, routing, metrics and access log on; the gateway's 
 else (a raw-ASGI proxy on granian with aiohttp's client: the floor the gateway can reach); a minimal
 Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path choice was measured
 against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
-bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own process);
-streamed chunk timing: loadgen.py.
+bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own
+process); streamed chunk timing: loadgen.py.
 
 The machine's load moves every figure, so the targets are measured in interleaved rounds (each round
 measures every target once, c=1 then c=64) and each round's figures are compared with that round's

@@ -51,6 +51,10 @@ TRAIN_DEFAULTS = {
     "finetuning_type": "lora",
     "output_dir": "transformers' default `trainer_output` in the working directory",
 }
+NO_TEMPLATE = (
+    "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
+    "name the model's chat template"
+)
 DEFAULT_DATASET_DIR = lfpaths.DEFAULT_DATASET_DIR  # relative to where LLaMA-Factory runs
 DEFAULT_CUTOFF_LEN = 2048  # DataArguments.cutoff_len's default
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
@@ -254,7 +258,8 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
         return problems
     if kind == "infer":
         need("model_name_or_path", "to serve or chat with a model (no `stage`: an inference config)")
-        need("template", "to serve or chat with a model: the chat template that formats the messages")
+        if "template" not in data:  # get_infer_args accepts it: the tokenizer's chat template, else `empty`
+            problems.append(at.warning(NO_TEMPLATE, anchor))
         return problems
     stage = data.get("stage")
     need("model_name_or_path", f"for training (stage {stage})" if stage else "for training")
@@ -279,13 +284,7 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
             )
         )
     if "template" not in data:
-        problems.append(
-            at.warning(
-                "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
-                "name the model's chat template",
-                anchor,
-            )
-        )
+        problems.append(at.warning(NO_TEMPLATE, anchor))
     return problems
 
 

@@ -49,16 +49,17 @@ def _texts(row: dict, spec: Spec) -> str:
     columns = spec.columns
     if spec.formatting == "alpaca" or spec.pt:
         names = ("prompt", "query") if spec.pt else ("system", "prompt", "query", "response", "chosen")
-        parts = [row.get(columns[name]) for name in names]
-        if not spec.pt:
-            for pair in row.get(columns["history"]) or ():
-                parts.extend(pair)
+        parts = [row.get(columns[name]) for name in names if name in columns]
+        history = row.get(columns["history"]) if "history" in columns and not spec.pt else None
+        for pair in history if isinstance(history, list) else ():
+            parts.extend(pair)
         return "\n".join(part for part in parts if isinstance(part, str) and part)
     content = spec.tags["content_tag"]
     parts = [message.get(content) for message in row.get(columns["messages"]) or ()]
-    if spec.ranking and isinstance(row.get(columns["chosen"]), dict):
+    if spec.ranking and "chosen" in columns and isinstance(row.get(columns["chosen"]), dict):
         parts.append(row[columns["chosen"]].get(content))
-    parts.append(row.get(columns["system"]))
+    if "system" in columns:
+        parts.append(row.get(columns["system"]))
     return "\n".join(part for part in parts if isinstance(part, str) and part)
 
 

@@ -220,7 +220,7 @@ def test_data_check_a_registered_dataset_with_its_own_entry(lfwrap, repo: Path) 
         f"Dataset 'dpo_en_demo': sharegpt + ranking, as its entry in {info} says."
     )
     proc = lfwrap("data", "check", "--dataset", "c4_demo", "--dataset-dir", "data", check=True)
-    assert "c4_demo.jsonl: pt, 3 rows (0 bad)" in proc.stdout
+    assert "c4_demo.jsonl: pt, 39 rows (0 bad)" in proc.stdout
     proc = lfwrap("data", "check", "--dataset", "alpaca_en", "--dataset-dir", "data", check=True)
     assert "loaded from hub; its rows can't be checked offline" in proc.stdout
     proc = lfwrap("data", "check", "--dataset", "dpo_demo_en", "--dataset-dir", "data")

@@ -220,7 +220,7 @@ def test_data_check_a_registered_dataset_with_its_own_entry(lfwrap, repo: Path) 
         f"Dataset 'dpo_en_demo': sharegpt + ranking, as its entry in {info} says."
     )
     proc = lfwrap("data", "check", "--dataset", "c4_demo", "--dataset-dir", "data", check=True)
-    assert "c4_demo.jsonl: pt, 3 rows (0 bad)" in proc.stdout
+    assert "c4_demo.jsonl: pt, 39 rows (0 bad)" in proc.stdout
     proc = lfwrap("data", "check", "--dataset", "alpaca_en", "--dataset-dir", "data", check=True)
     assert "loaded from hub; its rows can't be checked offline" in proc.stdout
     proc = lfwrap("data", "check", "--dataset", "dpo_demo_en", "--dataset-dir", "data")
@@ -360,7 +360,15 @@ def test_an_entry_mapping_only_its_prompt_is_pt_unless_rows_have_output(lfwrap, 
     info = json.loads((repo / "data" / "dataset_info.json").read_text())
     info["qa"] = {"file_name": "alpaca_en_demo.json", "columns": {"prompt": "instruction"}}
     (repo / "data" / "dataset_info.json").write_text(json.dumps(info))
-    proc = lfwrap("data", "check", "--dataset", "qa", "--dataset-dir", "data", check=True)
+    # rows with `output` are not pt; but a `columns` object replaces LLaMA-Factory's defaults, so this
+    # entry maps no response column: it reads no answer in any row (sft would drop them all)
+    proc = lfwrap("data", "check", "--dataset", "qa", "--dataset-dir", "data")
+    assert proc.returncode == 1
     assert proc.stdout.startswith("Dataset 'qa': alpaca, as its entry")
+    assert 'maps no `response` in its `columns`, so LLaMA-Factory finds no response in any row; add ' \
+        '"response": "output"' in proc.stdout
+    info["qa"]["columns"]["response"] = "output"
+    (repo / "data" / "dataset_info.json").write_text(json.dumps(info))
+    lfwrap("data", "check", "--dataset", "qa", "--dataset-dir", "data", check=True)
     proc = lfwrap("data", "check", "--dataset", "c4_demo", "--dataset-dir", "data", check=True)
     assert proc.stdout.startswith("Dataset 'c4_demo': pt, as its entry")

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wrapper.datasets.rows import make_spec, row_checker, rule_set
+from wrapper.datasets.rows import entry_spec, make_spec, row_checker, rule_set
 
 SPECS = [
     make_spec("alpaca"),
@@ -21,6 +21,20 @@ SPECS = [
     make_spec("openai"),
     make_spec("openai", ranking=True),
     make_spec("sharegpt", columns={"images": "images"}, media_dir=Path("/nonexistent"), typo_fields=False),
+    # registered entries, read as LLaMA-Factory reads them: only the mapped columns and tags
+    entry_spec("alpaca"),
+    entry_spec("alpaca", columns={"prompt": "instruction", "history": "history", "system": "system"}),
+    entry_spec("alpaca", ranking=True, columns={"prompt": "instruction", "chosen": "chosen"}),
+    entry_spec("alpaca", columns={"prompt": "instruction", "response": "output", "kto_tag": "label"}),
+    entry_spec("alpaca", pt=True, columns={"query": "input"}),
+    entry_spec("sharegpt"),
+    entry_spec("sharegpt", ranking=True, columns={"messages": "conversations", "chosen": "chosen",
+                                                   "rejected": "rejected"}),
+    entry_spec("sharegpt", tags={"role_tag": "from", "content_tag": "value", "user_tag": "human"}),
+    entry_spec("openai", columns={"messages": "messages", "system": "system"},
+               tags={"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                     "assistant_tag": "assistant", "observation_tag": "tool", "function_tag": "function"}),
+    entry_spec("sharegpt", columns={}, tags={}),
 ]
 ROLES = ["human", "gpt", "system", "observation", "function_call", "user", "assistant", "tool", "function",
          "x"]

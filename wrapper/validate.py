@@ -51,6 +51,10 @@ TRAIN_DEFAULTS = {
     "finetuning_type": "lora",
     "output_dir": "transformers' default `trainer_output` in the working directory",
 }
+NO_TEMPLATE = (
+    "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
+    "name the model's chat template"
+)
 DEFAULT_DATASET_DIR = lfpaths.DEFAULT_DATASET_DIR  # relative to where LLaMA-Factory runs
 DEFAULT_CUTOFF_LEN = 2048  # DataArguments.cutoff_len's default
 ONLINE = "ONLINE"  # dataset_dir value that makes LLaMA-Factory treat dataset names as hub ids
@@ -254,7 +258,8 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
         return problems
     if kind == "infer":
         need("model_name_or_path", "to serve or chat with a model (no `stage`: an inference config)")
-        need("template", "to serve or chat with a model: the chat template that formats the messages")
+        if "template" not in data:  # get_infer_args accepts it: the tokenizer's chat template, else `empty`
+            problems.append(at.warning(NO_TEMPLATE, anchor))
         return problems
     stage = data.get("stage")
     need("model_name_or_path", f"for training (stage {stage})" if stage else "for training")
@@ -279,13 +284,7 @@ def _check_required(data: dict[str, Any], kind: str, at: _At) -> list[Problem]:
             )
         )
     if "template" not in data:
-        problems.append(
-            at.warning(
-                "no `template`: LLaMA-Factory falls back to the tokenizer's chat template or `empty`; "
-                "name the model's chat template",
-                anchor,
-            )
-        )
+        problems.append(at.warning(NO_TEMPLATE, anchor))
     return problems
 
 
@@ -374,6 +373,9 @@ def _check_datasets(
         cutoff_len = raw_cutoff if isinstance(raw_cutoff, int) and not isinstance(raw_cutoff, bool) else None
         if cutoff_len is None:
             tokenizer = None
+    pt_files: dict[
+        str, tuple[dict[str, Any], list[Path]]
+    ] = {}  # stage pt's local JSON datasets: their text is packed in blocks
     for key, name in used:
         entry = info.get(name)
         if entry is None:
@@ -401,7 +403,65 @@ def _check_datasets(
                 tokenizer=tokenizer,
                 cutoff_len=cutoff_len or DEFAULT_CUTOFF_LEN,
             )
+            if stage == "pt" and key == "dataset" and not problems:
+                pt_files[name] = (entry, _local_json_files(name, entry, dataset_dir))
+    if pt_files and not problems:
+        problems += _pt_blocks(data, base_dir, pt_files, at)
     return problems
+
+
+def _local_json_files(name: str, entry: dict[str, Any], dataset_dir: Path) -> list[Path]:
+    from wrapper.datasets.verify import data_files, entry_source
+
+    if entry_source(entry) != "file":
+        return []
+    try:
+        return [path for path in data_files(name, entry, dataset_dir) if path.suffix in (".json", ".jsonl")]
+    except DatasetError:
+        return []
+
+
+def _pt_blocks(
+    data: dict[str, Any], base_dir: Path, pt_files: dict[str, tuple[dict[str, Any], list[Path]]], at: _At
+) -> list[Problem]:
+    """Stage pt packs all text into blocks of cutoff_len tokens (packing, its default) and drops the rest:
+    fewer tokens than one block and LLaMA-Factory stops with "Cannot find sufficient samples"."""
+    if data.get("packing") is False or data.get("streaming"):
+        return []
+    cutoff_len = data.get("cutoff_len", DEFAULT_CUTOFF_LEN)
+    workers = data.get("preprocessing_num_workers") or 1
+    batch_size = data.get("preprocessing_batch_size", 1000)
+    max_samples = data.get("max_samples")
+    mix = data.get("mix_strategy", "concat")
+    numbers = (cutoff_len, workers, batch_size)
+    if mix != "concat" or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return []
+    from wrapper.datasets.lengths import packed_blocks, pt_row_tokens, tokenizer_file
+    from wrapper.datasets.verify import spec_for_entry
+
+    model = data.get("model_name_or_path")
+    tokenizer = tokenizer_file(str(lfpaths.resolve(model, base_dir)) if isinstance(model, str) else None)
+    counts: list[int] = []
+    exact = False
+    for entry, files in pt_files.values():
+        if not files or entry.get("num_samples"):  # from the hub, not JSON, or sampled: size unknown
+            return []
+        rows, exact = pt_row_tokens(files, spec_for_entry(entry, stage="pt", media_dir=None), tokenizer)
+        counts += rows[:max_samples] if isinstance(max_samples, int) and max_samples > 0 else rows
+    if packed_blocks(counts, cutoff_len, workers, batch_size):
+        return []
+    total = sum(counts)
+    what = f"{total} tokens" if exact else f"at most {total} tokens"
+    names = ", ".join(pt_files)
+    return [
+        at.error(
+            f"stage pt packs the text of {names} into blocks of cutoff_len {cutoff_len} tokens, per "
+            f"preprocessing worker ({workers}) and batch, but it holds {what} in all, so LLaMA-Factory finds "
+            'no full block ("Cannot find sufficient samples"); lower `cutoff_len` or '
+            "`preprocessing_num_workers`, or add text",
+            "cutoff_len" if "cutoff_len" in data else "dataset",
+        )
+    ]
 
 
 def _stage_problem(stage: Any, name: str, entry: dict[str, Any]) -> str | None:

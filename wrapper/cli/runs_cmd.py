@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 LIST_HELP = """List runs, or inspect, follow, cancel or remove them.
 
-Without a subcommand: a table of runs (name, template, status, progress, last loss, age).
+Without a subcommand: a table of runs (name, template, status, progress, last loss, age), including
+the runs trained in LLaMA Board (`lfwrap webui`), listed as <model>/<finetuning type>/<run> with
+template "llamaboard".
 
 \b
 Examples:
@@ -59,7 +61,13 @@ def runs(ctx: click.Context) -> None:
         lost = meta.status == "failed" and meta.error[:1] != [] and meta.error[0].startswith(store.LOST)
         status = f"{meta.status} (lost)" if lost else meta.status
         table.add_row(meta.name, meta.template or "-", status, steps, loss, _age(meta.created))
-    if not dirs:
+    board = store.llamaboard_runs()  # trained in LLaMA Board (`lfwrap webui`): listed, read-only
+    for run in board:
+        progress = read_progress(run.folder / store.TRAINER_LOG)
+        steps = f"{progress.step}/{progress.total}" if progress.total else "-"
+        loss = f"{progress.loss:.4f}" if progress.loss is not None else "-"
+        table.add_row(run.name, "llamaboard", run.status, steps, loss, _age(run.created))
+    if not dirs and not board:
         click.echo("No runs yet; start one with `lfwrap train --template sft_lora`.")
         return
     Console(width=200).print(table)

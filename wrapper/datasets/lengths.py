@@ -49,16 +49,17 @@ def _texts(row: dict, spec: Spec) -> str:
     columns = spec.columns
     if spec.formatting == "alpaca" or spec.pt:
         names = ("prompt", "query") if spec.pt else ("system", "prompt", "query", "response", "chosen")
-        parts = [row.get(columns[name]) for name in names]
-        if not spec.pt:
-            for pair in row.get(columns["history"]) or ():
-                parts.extend(pair)
+        parts = [row.get(columns[name]) for name in names if name in columns]
+        history = row.get(columns["history"]) if "history" in columns and not spec.pt else None
+        for pair in history if isinstance(history, list) else ():
+            parts.extend(pair)
         return "\n".join(part for part in parts if isinstance(part, str) and part)
     content = spec.tags["content_tag"]
     parts = [message.get(content) for message in row.get(columns["messages"]) or ()]
-    if spec.ranking and isinstance(row.get(columns["chosen"]), dict):
+    if spec.ranking and "chosen" in columns and isinstance(row.get(columns["chosen"]), dict):
         parts.append(row[columns["chosen"]].get(content))
-    parts.append(row.get(columns["system"]))
+    if "system" in columns:
+        parts.append(row.get(columns["system"]))
     return "\n".join(part for part in parts if isinstance(part, str) and part)
 
 
@@ -98,3 +99,39 @@ def token_lengths(paths: list[Path], spec: Spec, tokenizer: Path, *, cutoff_len:
             report.percentiles[name] = ordered[min(len(ordered) - 1, int(share * len(ordered)))]
         report.percentiles["max"] = ordered[-1]
     return report
+
+
+def pt_row_tokens(paths: list[Path], spec: Spec, tokenizer: Path | None) -> tuple[list[int], bool]:
+    """Tokens of each pre-training row (text + one eos), as LLaMA-Factory packs them: (counts, exact).
+    Without a local tokenizer (or the `tokenizers` package), an upper bound: UTF-8 bytes + 1, as no
+    tokenizer yields more tokens than bytes (byte-level BPE and SentencePiece's byte fallback stop at one)."""
+    encoder = None
+    if tokenizer is not None:
+        try:
+            from tokenizers import Tokenizer
+
+            encoder = Tokenizer.from_file(str(tokenizer))
+            encoder.no_truncation()
+        except ImportError:
+            encoder = None
+    if encoder is None:
+        return [len(text.encode("utf-8")) + 1 for text in _rows(paths, spec)], False
+    counts: list[int] = []
+    for text in _rows(paths, spec):
+        counts.append(len(encoder.encode(text, add_special_tokens=False).ids) + 1)
+    return counts, True
+
+
+def packed_blocks(counts: list[int], block: int, workers: int, batch_size: int) -> int:
+    """Blocks LLaMA-Factory's packing keeps: datasets.map splits the rows into `workers` contiguous shards
+    (no more than rows), each in batches of `batch_size`; every batch packs on its own, its tail dropped."""
+    rows = len(counts)
+    shards = max(1, min(workers, rows))
+    size, extra = divmod(rows, shards)
+    blocks, start = 0, 0
+    for index in range(shards):
+        end = start + size + (1 if index < extra else 0)
+        for first in range(start, end, batch_size):
+            blocks += sum(counts[first : min(end, first + batch_size)]) // block
+        start = end
+    return blocks

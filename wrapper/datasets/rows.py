@@ -65,6 +65,15 @@ OPENAI_TAGS = {
     "system_tag": "system",
 }
 MEDIA_COLUMNS = ("images", "videos", "audios")
+# LLaMA-Factory 0.9.5 data/parser.py DatasetAttr: the only columns named by default; every other column
+# (system, history, tools, media, chosen, rejected, kto_tag) is read only when the entry maps it. An entry
+# with a `columns` (or `tags`) object replaces ALL of these defaults: what it leaves out is not read.
+ENTRY_DEFAULT_COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "messages": "conversations",
+}
 _REMOTE_MEDIA = ("http://", "https://", "data:", "s3://", "gs://")
 
 
@@ -102,6 +111,9 @@ class Spec:
     media columns the entry maps (`media`) are read, as LLaMA-Factory does.
     `typo_fields`: report a field that looks like a misspelt column ("outptu"); LLaMA-Factory itself
     ignores unknown fields, so checks of a registered dataset turn this off.
+    `exact`: `columns` / `tags` are exactly what LLaMA-Factory reads (a registered entry, see
+    entry_spec); a column or tag missing from them is not read at all. Otherwise (a file checked with
+    flags or detection) every column has its usual name and is checked when a row has it.
     """
 
     formatting: str = "alpaca"
@@ -113,6 +125,7 @@ class Spec:
     media_dir: Path | None = None
     media: tuple[str, ...] = ()
     typo_fields: bool = True
+    exact: bool = False
 
     @property
     def kind(self) -> str:
@@ -139,6 +152,39 @@ def make_spec(
     base_tags.update({key: value for key, value in (tags or {}).items() if value})
     media = tuple(kind for kind in MEDIA_COLUMNS if (columns or {}).get(kind))
     return Spec(formatting, ranking, kto, pt, base_columns, base_tags, media_dir, media, typo_fields)
+
+
+def entry_spec(
+    formatting: str = "alpaca",
+    *,
+    ranking: bool = False,
+    pt: bool = False,
+    columns: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    media_dir: Path | None = None,
+) -> Spec:
+    """The rules of a dataset_info entry, read as LLaMA-Factory's DatasetAttr.join reads it: `columns` /
+    `tags` are the entry's objects (None when it has none); only the columns they map are read."""
+    mapped = dict(ENTRY_DEFAULT_COLUMNS) if columns is None else dict(columns)
+    mapped_tags = dict(SHAREGPT_TAGS) if tags is None else dict(tags)  # openai too: no defaults of its own
+    found = {key: value for key, value in mapped.items() if isinstance(value, str) and value}
+    found_tags = {key: value for key, value in mapped_tags.items() if isinstance(value, str) and value}
+    media = tuple(kind for kind in MEDIA_COLUMNS if kind in found)
+    kto = "kto_tag" in found
+    return Spec(formatting, ranking, kto, pt, found, found_tags, media_dir, media, False, True)
+
+
+def _unmapped(spec: Spec, *names: str) -> Iterator[Finding]:
+    """An entry that leaves out a column or tag LLaMA-Factory needs: it fails or drops every row."""
+    for name in names:
+        if name not in spec.columns and name not in spec.tags:
+            where = "tags" if name.endswith("_tag") and name != "kto_tag" else "columns"
+            usual = {**ALPACA_COLUMNS, **SHAREGPT_TAGS, "messages": "conversations"}[name]
+            yield (
+                None,
+                f"the dataset_info entry maps no `{name}` in its `{where}`, so LLaMA-Factory finds no "
+                f'{name} in any row; add "{name}": "{usual}" (its field name) to the entry\'s `{where}`',
+            )
 
 
 def _unknown_keys(row: dict, known: frozenset[str], cache: dict[str, str]) -> Iterator[Finding]:
@@ -176,7 +222,9 @@ def _media(row: dict, spec: Spec) -> Iterator[Finding]:
 
 
 def _kto(row: dict, spec: Spec) -> Iterator[Finding]:
-    kto_tag = spec.columns["kto_tag"]
+    kto_tag = spec.columns.get("kto_tag")
+    if kto_tag is None:
+        return
     if (spec.kto or kto_tag in row) and row.get(kto_tag).__class__ is not bool:
         yield kto_tag, f"expected true or false, got {describe(row.get(kto_tag))}"
 
@@ -186,11 +234,14 @@ def _not_object(row: Any) -> Iterator[Finding]:
 
 
 def _pt_rules(spec: Spec) -> Rules:
-    text, query = spec.columns["prompt"], spec.columns["query"]
+    text, query = spec.columns.get("prompt"), spec.columns.get("query")
 
     def rules(row: Any) -> Iterator[Finding]:
         if row.__class__ is not dict:
             yield from _not_object(row)
+            return
+        if text is None:
+            yield from _unmapped(spec, "prompt")
             return
         value = row.get(text)
         if value.__class__ is not str:
@@ -204,7 +255,7 @@ def _pt_rules(spec: Spec) -> Rules:
                 yield text, f"expected a string, got {describe(value)}"
         elif not value and not row.get(query):
             yield text, "empty"
-        extra = row.get(query)
+        extra = row.get(query) if query else None
         if extra is not None and extra.__class__ is not str:
             yield query, f"expected a string, got {describe(extra)}"
 
@@ -213,10 +264,11 @@ def _pt_rules(spec: Spec) -> Rules:
 
 def _alpaca_rules(spec: Spec) -> Rules:
     columns = spec.columns
-    prompt, query, response = columns["prompt"], columns["query"], columns["response"]
-    history, system = columns["history"], columns["system"]
-    chosen, rejected = columns["chosen"], columns["rejected"]
-    answers = (chosen, rejected) if spec.ranking else (response,)
+    prompt, query, response = columns.get("prompt"), columns.get("query"), columns.get("response")
+    history, system = columns.get("history"), columns.get("system")
+    chosen, rejected = columns.get("chosen"), columns.get("rejected")
+    needed = ("chosen", "rejected") if spec.ranking else ("response",)
+    answers = tuple(columns[key] for key in needed if key in columns)
     known = frozenset(columns.values())
     hints: dict[str, str] = {}
 
@@ -224,7 +276,11 @@ def _alpaca_rules(spec: Spec) -> Rules:
         if row.__class__ is not dict:
             yield from _not_object(row)
             return
+        if len(answers) < len(needed):
+            yield from _unmapped(spec, *needed)
         for name in (prompt, *answers):
+            if name is None:
+                continue
             value = row.get(name)
             if value.__class__ is str:
                 if name != prompt and not value:
@@ -233,21 +289,22 @@ def _alpaca_rules(spec: Spec) -> Rules:
             if name not in row:
                 shape = next((key for key in ("conversations", "messages") if key in row), None)
                 hint = f" (the row has '{shape}': try --formatting sharegpt or openai)" if shape else ""
-                if name in (chosen, rejected) and response in row:
+                if name in (chosen, rejected) and response and response in row:
                     hint = f" (with --ranking, '{chosen}' and '{rejected}' replace '{response}')"
                 yield name, "missing" + hint
             else:
                 yield name, f"expected a string, got {describe(value)}"
         for name in (query, system):
-            value = row.get(name)
+            value = row.get(name) if name else None
             if value is not None and value.__class__ is not str:
-                yield name, f"expected a string, got {describe(value)}"
-        if prompt in row and not row.get(prompt) and not row.get(query):
+                yield str(name), f"expected a string, got {describe(value)}"
+        if prompt and prompt in row and not row.get(prompt) and not (query and row.get(query)):
             yield prompt, f"empty (and no '{query}'): the prompt would be empty"
-        pairs = row.get(history)
+        pairs = row.get(history) if history else None
         if pairs is not None:
             if pairs.__class__ is not list:
-                yield history, f"expected a list of [question, answer] pairs, got {describe(pairs)}"
+                if not spec.exact:  # LLaMA-Factory itself reads history only when it is a list
+                    yield str(history), f"expected a list of [question, answer] pairs, got {describe(pairs)}"
             else:
                 for index, pair in enumerate(pairs):
                     if not (
@@ -270,14 +327,18 @@ def _messages_rules(spec: Spec) -> Rules:
     """sharegpt and openai: a list of role/content messages, optional system first, roles alternating."""
     columns, tags, ranking = spec.columns, spec.tags, spec.ranking
     openai = spec.formatting == "openai"
-    messages, system = columns["messages"], columns["system"]
-    chosen, rejected = columns["chosen"], columns["rejected"]
-    role, content = tags["role_tag"], tags["content_tag"]
-    user, assistant, system_tag = tags["user_tag"], tags["assistant_tag"], tags["system_tag"]
-    observation, function = tags["observation_tag"], tags["function_tag"]
-    odd, even = (user, observation), (assistant, function)
-    all_roles = [user, assistant, observation, function, system_tag]
+    messages, system = columns.get("messages"), columns.get("system")
+    chosen, rejected = columns.get("chosen"), columns.get("rejected")
+    role, content = tags.get("role_tag"), tags.get("content_tag")
+    user, assistant, system_tag = tags.get("user_tag"), tags.get("assistant_tag"), tags.get("system_tag")
+    observation, function = tags.get("observation_tag"), tags.get("function_tag")
+    # a role tag the entry leaves out maps nothing: LLaMA-Factory then skips (or fails on) rows using it
+    odd = tuple(tag for tag in (user, observation) if tag)
+    even = tuple(tag for tag in (assistant, function) if tag)
+    all_roles = [tag for tag in (user, assistant, observation, function, system_tag) if tag]
     role_set = frozenset(all_roles)
+    needed = ["messages", "role_tag", "content_tag"] + (["chosen", "rejected"] if ranking else [])
+    missing = [name for name in needed if name not in columns and name not in tags]
     known = frozenset(columns.values())
     hints: dict[str, str] = {}
 
@@ -299,7 +360,7 @@ def _messages_rules(spec: Spec) -> Rules:
             if message.__class__ is not dict:
                 yield where, f"expected an object with '{role}' and '{content}', got {describe(message)}"
                 continue
-            for key in (role, content):
+            for key in (str(role), str(content)):
                 if key not in message:
                     yield where, f"missing '{key}'{did_you_mean(key, list(message))}"
             text = message.get(content)
@@ -316,6 +377,10 @@ def _messages_rules(spec: Spec) -> Rules:
         if row.__class__ is not dict:
             yield from _not_object(row)
             return
+        if missing:
+            yield from _unmapped(spec, *missing)
+            return
+        assert messages and role and content
         turns = row.get(messages)
         if messages not in row:
             shape = next((key for key in ("conversations", "messages", "instruction") if key in row), None)
@@ -364,7 +429,7 @@ def _messages_rules(spec: Spec) -> Rules:
                         f"'{assistant}' (an even count after any system prompt)",
                     )
         if ranking:
-            for name in (chosen, rejected):
+            for name in (str(chosen), str(rejected)):
                 answer = row.get(name)
                 if not (
                     answer.__class__ is dict
@@ -376,9 +441,9 @@ def _messages_rules(spec: Spec) -> Rules:
                         f"expected an object with '{role}': '{assistant}' and a string "
                         f"'{content}', got {describe(answer)}",
                     )
-        value = row.get(system)
+        value = row.get(system) if system else None
         if value is not None and value.__class__ is not str:
-            yield system, f"expected a string, got {describe(value)}"
+            yield str(system), f"expected a string, got {describe(value)}"
         yield from _kto(row, spec)
         yield from _media(row, spec)
         if spec.typo_fields:
@@ -388,8 +453,12 @@ def _messages_rules(spec: Spec) -> Rules:
 
 
 def _alpaca_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
-    names = [spec.columns[key] for key in ("prompt", "query", "response", "system", "chosen", "rejected")]
-    history = spec.columns["history"]
+    names = [
+        spec.columns[key]
+        for key in ("prompt", "query", "response", "system", "chosen", "rejected")
+        if key in spec.columns
+    ]
+    history = spec.columns.get("history")
 
     def stats(row: dict) -> tuple[int, int]:
         chars = 0
@@ -397,7 +466,8 @@ def _alpaca_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
             value: Any = row.get(name)
             if value.__class__ is str:
                 chars += len(value)
-        pairs = row.get(history) or ()
+        found = row.get(history) if history else None
+        pairs = found if isinstance(found, list) else []
         for first, second in pairs:
             chars += len(first) + len(second)
         return chars, 1 + len(pairs)
@@ -406,8 +476,10 @@ def _alpaca_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
 
 
 def _messages_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
-    messages, system = spec.columns["messages"], spec.columns["system"]
-    role, content, system_tag = spec.tags["role_tag"], spec.tags["content_tag"], spec.tags["system_tag"]
+    # only called on rows that pass the rules, so the entry maps messages, role_tag and content_tag
+    messages, system = spec.columns.get("messages", ""), spec.columns.get("system")
+    role, content = spec.tags.get("role_tag", ""), spec.tags.get("content_tag", "")
+    system_tag = spec.tags.get("system_tag")
 
     def stats(row: dict) -> tuple[int, int]:
         turns = row[messages]
@@ -416,20 +488,20 @@ def _messages_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
             text = message.get(content)
             if text.__class__ is str:
                 chars += len(text)
-        value: Any = row.get(system)
+        value: Any = row.get(system) if system else None
         if value.__class__ is str:
             chars += len(value)
-        count = len(turns) - (1 if turns[0].get(role) == system_tag else 0)
+        count = len(turns) - (1 if system_tag and turns[0].get(role) == system_tag else 0)
         return chars, (count + 1) // 2
 
     return stats
 
 
 def _pt_stats(spec: Spec) -> Callable[[dict], tuple[int, int]]:
-    text, query = spec.columns["prompt"], spec.columns["query"]
+    text, query = spec.columns.get("prompt", ""), spec.columns.get("query")
 
     def stats(row: dict) -> tuple[int, int]:
-        return len(row[text]) + len(row.get(query) or ""), 1
+        return len(row[text]) + len((row.get(query) if query else None) or ""), 1
 
     return stats
 

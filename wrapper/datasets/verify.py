@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.datasets.check import check_file
-from wrapper.datasets.rows import Spec, make_spec
+from wrapper.datasets.rows import Spec, entry_spec
 from wrapper.errors import DatasetError, Problem
 
 # LLaMA-Factory 0.9.5 extras/constants.py FILEEXT2TYPE: the file types it loads.
@@ -44,21 +44,23 @@ def spec_for_entry(
     """The row rules an entry implies; `stage` pt means pre-training text. Without a stage, an alpaca
     entry naming a prompt column and no answer column (like upstream's c4_demo) is taken for pt unless
     the `sample` rows carry the default answer column `output`."""
-    columns = dict(entry.get("columns") or {})
+    raw_columns, raw_tags = entry.get("columns"), entry.get("tags")
+    columns = raw_columns if isinstance(raw_columns, dict) else None  # None: LLaMA-Factory's defaults
+    tags = raw_tags if isinstance(raw_tags, dict) else None
     formatting = entry.get("formatting", "alpaca")
     answers = {"response", "chosen", "rejected", "kto_tag"}
-    guess_pt = not entry.get("ranking") and "prompt" in columns and not answers & set(columns)
+    guess_pt = not entry.get("ranking") and "prompt" in (columns or {}) and not answers & set(columns or {})
     if guess_pt and sample:
         guess_pt = not any(isinstance(row, dict) and "output" in row for row in sample)
     pt = formatting == "alpaca" and (stage == "pt" or (stage is None and guess_pt))
-    return make_spec(
+    # exactly the columns and tags the entry maps: LLaMA-Factory ignores every other field of a row
+    return entry_spec(
         formatting,
         ranking=bool(entry.get("ranking", False)),
         pt=pt,
         columns=columns,
-        tags=entry.get("tags") or {},
+        tags=tags,
         media_dir=media_dir,
-        typo_fields=False,  # LLaMA-Factory ignores fields it does not map
     )
 
 

@@ -312,3 +312,36 @@ def group_members(pgid: int) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
+
+
+# --- runs trained in LLaMA Board (read-only) -------------------------------------------------------------
+# `lfwrap webui` points LLaMA Board's saves/ at $LFWRAP_HOME/saves, where it writes each run to
+# saves/<model name>/<finetuning type>/<run name>/ (llamafactory/webui/common.py get_save_dir) with its
+# arguments in training_args.yaml. They are listed beside lfwrap's runs, never written to.
+LLAMABOARD_ARGS = "training_args.yaml"
+ADAPTER_FILES = ("adapter_config.json", "config.json")  # written when training finishes
+
+
+@dataclass(frozen=True)
+class BoardRun:
+    name: str  # <model name>/<finetuning type>/<run name>, as LLaMA Board's save dir
+    folder: Path
+    status: str  # "succeeded" (the adapter or model is saved) or "incomplete" (stopped, failed or running)
+    created: str
+
+
+def llamaboard_runs() -> list[BoardRun]:
+    """The runs LLaMA Board saved under $LFWRAP_HOME/saves (no folder is created)."""
+    from wrapper.home import home
+
+    root = home() / "saves"
+    found = []
+    for args in sorted(root.glob(f"*/*/*/{LLAMABOARD_ARGS}")) if root.is_dir() else []:
+        folder = args.parent
+        if folder.is_symlink() or folder.parent.is_symlink():  # lfwrap's own runs, linked for LLaMA Board
+            continue
+        done = any((folder / name).is_file() for name in ADAPTER_FILES)
+        stamp = datetime.fromtimestamp(args.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        name = "/".join(folder.relative_to(root).parts)
+        found.append(BoardRun(name, folder, "succeeded" if done else "incomplete", stamp))
+    return found

@@ -38,6 +38,7 @@ fine_tuning:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple:
+    (tmp_path / "model").mkdir()  # a missing local model is refused before any run is planned
     settings = tiny_settings(tmp_path / "model", tmp_path / "state")
     return settings, Store(settings.database_path)
 

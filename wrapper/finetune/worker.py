@@ -243,9 +243,11 @@ class Worker:
     def _checkpoints(self, job: dict[str, Any], output: Path, metrics: dict[str, Any]) -> None:
         if not output.is_dir():
             return
-        for folder in output.iterdir():
-            match = runs.CHECKPOINT_PATTERN.match(folder.name)
-            if not match or not (folder / "trainer_state.json").is_file():  # still being written
+        found = [(runs.CHECKPOINT_PATTERN.match(folder.name), folder) for folder in output.iterdir()]
+        # oldest step first, so the list (newest recorded first) reads newest step first
+        matched = [(match, folder) for match, folder in found if match]
+        for match, folder in sorted(matched, key=lambda item: int(item[0].group(1))):
+            if not (folder / "trainer_state.json").is_file():  # still being written
                 continue
             step = int(match.group(1))
             name = objects.fine_tuned_name(job["model"], job.get("user_provided_suffix"), job["id"])

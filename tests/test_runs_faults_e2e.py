@@ -66,6 +66,8 @@ def test_sighup_to_a_followed_run_leaves_the_run_going(tiny_model: Path, lfwrap_
         [sys.executable, "-m", "wrapper.cli.main",
          *_args(tiny_model, "hup", "--set", "num_train_epochs=100000")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # as from a terminal: a runner that ignores SIGHUP (nohup, CI) would pass that on to the child
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     run_dir = lfwrap_home / "runs" / "hup"
     deadline = time.monotonic() + 120

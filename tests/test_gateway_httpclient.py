@@ -1,4 +1,4 @@
-"""The upstream client (aiohttp, narrowed) against raw TCP servers: framing, keep-alive reuse, typed
+"""The upstream client (httptools) against raw TCP servers: framing, keep-alive reuse, typed
 failures, timeouts, the size limit, and redirects never followed."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from wrapper.gateway.httpclient import Pool, UpstreamError, UpstreamTooLarge
+from wrapper.gateway.httpclient import MAX_BUFFER, Pool, UpstreamError, UpstreamTooLarge
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -232,3 +234,167 @@ def test_a_redirect_is_not_followed():
 
     asyncio.run(_with_server(handler, body))
     assert len(hits) == 1
+
+
+# --- attacks on the home-made parts: framing split anywhere, garbage, stale connections, injection ---
+
+
+def _framed(body: bytes, framing: str, cuts: list[int]) -> bytes:
+    if framing == "length":
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    if framing == "close":
+        return b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    out, start = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"], 0
+    for cut in sorted({min(c, len(body)) for c in cuts} | {len(body)}):
+        if cut > start:
+            out.append(b"%x\r\n" % (cut - start) + body[start:cut] + b"\r\n")
+            start = cut
+    out.append(b"0\r\n\r\n")
+    return b"".join(out)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.binary(max_size=3000),
+    framing=st.sampled_from(["length", "chunked", "close"]),
+    cuts=st.lists(st.integers(0, 3000), max_size=6),
+    splits=st.lists(st.integers(1, 4000), max_size=8),
+    streamed=st.booleans(),
+)
+def test_any_framing_split_anywhere_gives_back_the_exact_body(body, framing, cuts, splits, streamed):
+    wire = _framed(body, framing, cuts)
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        at = 0
+        for split in sorted(set(splits)):  # the answer arrives in arbitrary pieces
+            if split < len(wire) and split > at:
+                writer.write(wire[at:split])
+                await writer.drain()
+                await asyncio.sleep(0)
+                at = split
+        writer.write(wire[at:])
+        await writer.drain()
+        if framing == "close":
+            writer.close()
+
+    async def run(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        resp = await pool.request("POST", "/", b"{}", {}, 2)
+        got = b"".join([p async for p in resp.pieces()]) if streamed else await resp.read()
+        assert got == body
+        pool.close()
+
+    asyncio.run(_with_server(handler, run))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=st.binary(min_size=1, max_size=300))
+def test_garbage_answers_end_as_upstream_errors_or_answers_never_anything_else(reply):
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async def run(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        try:
+            resp = await pool.request("POST", "/", b"{}", {}, 1)
+            await resp.read(limit=10_000)
+        except UpstreamError:
+            pass  # the expected outcome; anything but an UpstreamError fails the test
+        pool.close()
+
+    asyncio.run(_with_server(handler, run))
+
+
+def test_an_interim_100_continue_is_skipped():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def run(url, connections):
+        resp = await Pool(url, connect_timeout=2).request("POST", "/", b"{}", {}, 2)
+        assert (resp.status, await resp.read()) == (200, b"ok")
+
+    asyncio.run(_with_server(handler, run))
+
+
+def test_a_connection_that_speaks_out_of_turn_is_not_reused():
+    async def handler(reader, writer):
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            # one answer plus bytes nobody asked for: the next answer on this connection can't be trusted
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+            await writer.drain()
+
+    async def run(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        for _ in range(2):
+            assert await (await pool.request("POST", "/", b"{}", {}, 2)).read() == b"ok"
+            await asyncio.sleep(0.2)
+        assert len(connections) == 2  # the first connection was dropped, not handed a stale answer
+
+    asyncio.run(_with_server(handler, run))
+
+
+def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_once_on_a_fresh_one():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # and then the server closes this kept-alive connection (idle timeout, restart)
+
+    async def run(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        assert await (await pool.request("POST", "/", b"{}", {}, 2)).read() == b"ok"
+        await asyncio.sleep(0.1)
+        assert await (await pool.request("POST", "/", b"{}", {}, 2)).read() == b"ok"
+        assert len(connections) == 2
+
+    asyncio.run(_with_server(handler, run))
+
+
+def test_a_header_with_a_line_break_is_refused_never_sent():
+    async def run(url, connections):
+        with pytest.raises(UpstreamError):
+            spliced = {"x-request-id": "a\r\nHost: x"}
+            await Pool(url, connect_timeout=2).request("POST", "/", b"{}", spliced, 2)
+        assert connections == []
+
+    asyncio.run(_with_server(_answer_after([0]), run))
+
+
+def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_everything():
+    total = 8 * MAX_BUFFER
+    sent: list[int] = []
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        piece = b"x" * 65536
+        for _ in range(total // len(piece)):
+            writer.write(piece)
+            await writer.drain()  # blocks once the client stops reading
+            sent.append(len(piece))
+
+    async def run(url, connections):
+        pool = Pool(url, connect_timeout=2)
+        resp = await pool.request("POST", "/", b"{}", {}, 5)
+        got, peak = 0, 0
+        async for piece in resp.pieces():
+            got += len(piece)
+            peak = max(peak, len(piece))
+            await asyncio.sleep(0.2 if got < 2 * MAX_BUFFER else 0)  # a slow caller at first
+        assert got == total
+        assert peak <= MAX_BUFFER + 262144  # never more than the buffer and one socket read waiting
+
+    asyncio.run(_with_server(handler, run))

@@ -6,7 +6,7 @@ ratelimit.py   per-key requests-per-minute window
 limiter.py     per-upstream concurrency limit with a bounded FIFO queue
 checks.py      requests LLaMA-Factory would reject, answered 400 before they reach it
 oai.py         OpenAI error objects and the small ASGI response helpers
-httpclient.py  the upstream client: aiohttp keep-alive pools, typed errors, size limit, no redirects
+httpclient.py  the upstream client: keep-alive pools on httptools, typed errors, size limit, no redirects
 upstream.py    one route: its pool, its queue (slot()), token counter; failures mapped to OpenAI errors
 sse.py         rewrites the upstream's SSE events (model name, usage chunk, [DONE])
 usage.py       token counts for the final usage chunk (tokenizer.json when available)

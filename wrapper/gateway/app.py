@@ -65,6 +65,7 @@ class Call:
 
     receive: Any
     send: Any
+    task: asyncio.Task[Any]  # the request's task (looked up once: each lookup costs a getpid() on 3.11)
     path: str
     method: str
     request_id: str
@@ -103,15 +104,16 @@ class Gateway:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             task = asyncio.current_task()
+            assert task is not None
             self._in_flight.add(task)
             try:
-                await self._http(scope, receive, send)
+                await self._http(scope, receive, send, task)
             finally:
                 self._in_flight.discard(task)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any, task: asyncio.Task[Any]) -> None:
         path = scope["path"]
         authorization = rid_raw = length_raw = None
         for name, value in scope["headers"]:
@@ -133,7 +135,7 @@ class Gateway:
             await send_response(send, 414, failure.body(), [*failure.headers(), id_header])
             return
         if path == CHAT_PATH or path == SCORE_PATH:
-            call = Call(receive, send, path, scope["method"], rid, id_header, headers=scope["headers"])
+            call = Call(receive, send, task, path, scope["method"], rid, id_header, headers=scope["headers"])
             await self._proxy(call, authorization, length_raw)
             return
         if self.settings.ops_need_key and path in OPS_PATHS:
@@ -281,10 +283,10 @@ class Gateway:
     def visible_models(self, record: KeyRecord | None) -> list[str]:
         return [name for name in self.upstreams if record is None or record.allows(name)]
 
-    async def _read_body(self, receive: Any, declared: int | None) -> bytes:
+    async def _read_body(self, call: Call, declared: int | None) -> bytes:
         # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
-        reading = self._read_body_now(receive, declared)
-        return await _within(reading, self.settings.body_timeout, self._slow_body)
+        reading = self._read_body_now(call.receive, declared)
+        return await _within(call.task, reading, self.settings.body_timeout, self._slow_body)
 
     def _slow_body(self) -> ApiError:
         return ApiError(
@@ -336,7 +338,7 @@ class Gateway:
                 call.key_id = record.key_id
             self.check_rate(record)  # right after the key: before any work on the body
             declared = int(length_raw) if length_raw and length_raw.isdigit() else None
-            call.body = await self._read_body(call.receive, declared)
+            call.body = await self._read_body(call, declared)
             call.bytes_in = len(call.body)
             try:
                 data = orjson.loads(call.body)
@@ -401,8 +403,7 @@ class Gateway:
         """Take a slot (or queue for one) and forward. A caller who disconnects at any point (queued,
         waiting for a plain answer, streaming) cancels everything at once: the upstream request is
         closed and the slot freed."""
-        task = asyncio.current_task()
-        assert task is not None
+        task = call.task
         watch = _DisconnectWatch(call.receive, task)
         try:
             async with upstream.slot():
@@ -443,7 +444,10 @@ class Gateway:
         headers += grounding.sources_header(call.rag)
         await call.send({"type": "http.response.start", "status": 200, "headers": headers})
         await _within(
-            call.send({"type": "http.response.body", "body": out}), self.settings.send_timeout, Disconnected
+            call.task,
+            call.send({"type": "http.response.body", "body": out}),
+            self.settings.send_timeout,
+            Disconnected,
         )  # a caller who stops reading is cut
         return 200
 
@@ -472,7 +476,7 @@ class Gateway:
                 if out:
                     call.bytes_out += len(out)
                     message = {"type": "http.response.body", "body": out, "more_body": True}
-                    await _within(send(message), send_timeout, Disconnected)
+                    await _within(call.task, send(message), send_timeout, Disconnected)
             if not rewrite.done:
                 raise UpstreamProtocolError("the upstream ended the stream before [DONE]")
             if call.include_usage:
@@ -523,19 +527,19 @@ class _DisconnectWatch:
             pending.cancel()
 
 
-async def _within(step: Any, timeout: float, failure: Callable[[], BaseException]) -> Any:
+async def _within(
+    task: asyncio.Task[Any], step: Any, timeout: float, failure: Callable[[], BaseException]
+) -> Any:
     """Await `step`, raising `failure()` after `timeout` s: a timer that cancels the running task, as
     asyncio.timeout does on 3.11+ (a task per wait would cost more on the hot path). The exception is
     made only when the time runs out."""
-    task = asyncio.current_task()
-    assert task is not None
     expired = []
 
     def expire() -> None:
         expired.append(True)
         task.cancel()
 
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    timer = task.get_loop().call_later(timeout, expire)
     try:
         return await step
     except asyncio.CancelledError:

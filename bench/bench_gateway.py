@@ -2,9 +2,9 @@
 
 Targets (each its own process): the stand-in directly; nginx proxy_pass (the floor, when installed);
 the lfwrap gateway with keys, routing, metrics and access log on; the gateway's stack with nothing
-else (a raw-ASGI proxy on granian with aiohttp's client: the floor the gateway can reach); a minimal
-Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path choice was measured
-against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
+else (a raw-ASGI proxy on granian with the gateway's own httptools client: the floor the gateway can
+reach); a minimal Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path
+choice was measured against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
 bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own
 process); streamed chunk timing: loadgen.py.
 
@@ -161,7 +161,7 @@ def main() -> None:
             )
             targets[name] = f"http://127.0.0.1:{port}"
 
-        kinds = ["granian_aiohttp"] + ([] if args.quick else ["starlette_aiohttp", "fastapi_httpx"])
+        kinds = ["granian_httptools"] + ([] if args.quick else ["starlette_aiohttp", "fastapi_httpx"])
         for kind in kinds:
             port = free_port()
             procs.append(
@@ -170,6 +170,7 @@ def main() -> None:
                     python_cmd(str(HERE / "gateway" / "alt_proxies.py"), kind, upstream, str(port)),
                     f"http://127.0.0.1:{port}/v1/models",
                     work / f"{kind}.log",
+                    {"PYTHONPATH": str(HERE.parent)},
                 )
             )
             targets[f"minimal {kind.replace('_', ' + ')}"] = f"http://127.0.0.1:{port}"

@@ -3,7 +3,7 @@
 
 python alt_proxies.py fastapi_httpx UPSTREAM PORT
 python alt_proxies.py starlette_aiohttp UPSTREAM PORT
-python alt_proxies.py granian_aiohttp UPSTREAM PORT    # the gateway's stack with nothing else: its floor
+python alt_proxies.py granian_httptools UPSTREAM PORT  # the gateway's stack with nothing else: its floor
 """
 
 import sys
@@ -61,15 +61,18 @@ def starlette_aiohttp(upstream: str):  # type: ignore[no-untyped-def]
     )
 
 
-def granian_aiohttp(upstream: str, port: int) -> None:
-    """A raw-ASGI proxy on embedded granian and uvloop with aiohttp's client, as the gateway serves:
-    no limits, keys, checks, metrics or logs, so the gap to the gateway is what those cost."""
-    import aiohttp
+def granian_httptools(upstream: str, port: int) -> None:
+    """A raw-ASGI proxy on embedded granian and uvloop with the gateway's own upstream client
+    (wrapper/gateway/httpclient.py), as the gateway serves: no limits, keys, checks, metrics or logs,
+    so the gap to the gateway is what those cost."""
     import uvloop
     from granian.constants import HTTPModes, Interfaces
     from granian.server.embed import Server
 
-    state: dict[str, aiohttp.ClientSession] = {}
+    from wrapper.gateway.httpclient import Pool
+
+    pool = Pool(upstream, connect_timeout=5)
+    headers_up = {"Content-Type": "application/json"}
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
@@ -83,15 +86,10 @@ def granian_aiohttp(upstream: str, port: int) -> None:
         while message.get("more_body"):
             message = await receive()
             body += message.get("body", b"")
-        if "s" not in state:
-            state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        async with state["s"].post(
-            upstream + scope["path"], data=body, headers={"content-type": "application/json"}
-        ) as resp:
-            out = await resp.read()
-            status = resp.status
+        resp = await pool.request(scope["method"], scope["path"], body, headers_up, 60)
+        out = await resp.read()
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
     server = Server(
@@ -108,8 +106,8 @@ def granian_aiohttp(upstream: str, port: int) -> None:
 
 def main() -> None:
     kind, upstream, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if kind == "granian_aiohttp":
-        granian_aiohttp(upstream, port)
+    if kind == "granian_httptools":
+        granian_httptools(upstream, port)
         return
     app = fastapi_httpx(upstream) if kind == "fastapi_httpx" else starlette_aiohttp(upstream)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

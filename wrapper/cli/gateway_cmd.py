@@ -170,7 +170,7 @@ def gateway(
         )
     for route in settings.models:
         click.echo(
-            f"model {route.name} -> {route.upstream} (max_concurrency {route.max_concurrency}, "
+            f"model {route.name} -> {', '.join(route.urls)} (max_concurrency {route.max_concurrency}, "
             f"max_queue {route.max_queue})" + (f", rag index {route.rag.index}" if route.rag else ""),
             err=True,
         )

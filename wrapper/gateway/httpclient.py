@@ -50,6 +50,10 @@ class UpstreamTimeout(UpstreamError):
     kind = "timeout"
 
 
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within connect_timeout (nothing was sent)."""
+
+
 class UpstreamProtocolError(UpstreamError):
     """A broken answer: not HTTP, cut short, or closed mid-answer."""
 
@@ -281,12 +285,14 @@ class Response:
     def _finish(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            self._pool.in_flight -= 1
             self._pool.release(conn)
 
     def close(self) -> None:
         """Drop the connection unless the answer was read to the end (then it went back to the pool)."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            self._pool.in_flight -= 1
             conn.abort()
 
 
@@ -308,6 +314,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
         self._idle: list[_Connection] = []
+        self.in_flight = 0  # requests sent whose answer is not read or closed yet (replica balancing)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -317,7 +324,7 @@ class Pool:
                 self.connect_timeout,
             )
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"no connection within {self.connect_timeout:g} s") from None
+            raise UpstreamConnectTimeout(f"no connection within {self.connect_timeout:g} s") from None
         except ssl.SSLError as exc:
             raise UpstreamProtocolError(f"TLS failed: {exc.reason or exc}") from None
         except OSError as exc:
@@ -340,6 +347,14 @@ class Pool:
     ) -> Response:
         """Send one request; returns once the status line and headers are in."""
         payload = self.head(method, path, len(body), headers) + body
+        self.in_flight += 1
+        try:
+            return await self._exchange(payload, read_timeout)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+
+    async def _exchange(self, payload: bytes, read_timeout: float) -> Response:
         for attempt in (0, 1):
             conn = None
             while self._idle:

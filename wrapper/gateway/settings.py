@@ -84,14 +84,23 @@ class ModelRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128, description="The `model` callers put in requests.")
-    upstream: str = Field(description="Base URL of the API server, e.g. http://127.0.0.1:8000.")
+    upstream: str | list[str] = Field(
+        description="Base URL of the API server, e.g. http://127.0.0.1:8000, or a list of them: replicas "
+        "of one model, balanced by fewest requests in flight; a replica that refuses connections leaves "
+        "the rotation until it lists its models again.",
+    )
     upstream_key: SecretStr | None = Field(default=None, description="API_KEY the upstream server expects.")
-    max_concurrency: int = Field(default=1, ge=1, le=4096, description="Requests in flight to this upstream.")
+    max_concurrency: int = Field(
+        default=1, ge=1, le=4096, description="Requests in flight to each upstream replica."
+    )
     max_queue: int = Field(default=32, ge=0, le=100_000, description="Requests waiting behind them (FIFO).")
     queue_timeout: float = Field(default=60.0, gt=0, description="Seconds a request may wait in the queue.")
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection upstream.")
     read_timeout: float = Field(
         default=300.0, gt=0, description="Seconds allowed between two upstream reads."
+    )
+    health_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between checks of a replica out of rotation."
     )
     tokenizer: Path | None = Field(
         default=None, description="tokenizer.json (or the model folder holding it) for usage counts."
@@ -104,13 +113,26 @@ class ModelRoute(BaseModel):
 
     @field_validator("upstream")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
-            raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
-        if value.endswith("/v1"):
-            value = value[: -len("/v1")]
-        return value
+    def _http_urls(cls, given: str | list[str]) -> str | list[str]:
+        values = [given] if isinstance(given, str) else given
+        if not 1 <= len(values) <= 64:
+            raise ValueError("upstream lists 1 to 64 URLs")
+        urls: list[str] = []
+        for raw in values:
+            value = raw.strip().rstrip("/")
+            if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+                raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
+            if value.endswith("/v1"):
+                value = value[: -len("/v1")]
+            if value in urls:
+                raise ValueError(f"upstream lists {value} twice")
+            urls.append(value)
+        return urls[0] if isinstance(given, str) else urls
+
+    @property
+    def urls(self) -> list[str]:
+        """The upstream's URLs: one, or each replica's."""
+        return [self.upstream] if isinstance(self.upstream, str) else list(self.upstream)
 
     @field_validator("upstream_key")
     @classmethod

@@ -1,10 +1,18 @@
 """The upstream side: per-route connection pools, the queue in front of them (slot()), request
 forwarding and the mapping of failures to OpenAI errors (503 down, 504 timeout, 502 bad answer;
 FastAPI's {"detail": ...} translated). Client-facing messages name the model, never the upstream's
-address: that goes to the gateway's own log."""
+address: that goes to the gateway's own log.
+
+Replicas: a route whose `upstream` lists several URLs sends each request to the replica with the
+fewest requests in flight (ties taken in turn). A replica that refuses a connection, or gives none
+within connect_timeout, leaves the rotation at once, and the request goes to the next replica
+(nothing was sent, so nothing runs twice); every health_interval seconds a GET /v1/models asks the
+replica again, and a 200 brings it back. Failures after the request was sent are not retried.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -13,6 +21,7 @@ from wrapper.gateway.httpclient import (
     Pool,
     Response,
     UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamTimeout,
     UpstreamTooLarge,
@@ -50,9 +59,12 @@ class Upstream:
         self.route = route
         self.name = route.name
         self.metrics = metrics
-        self.limiter = Limiter(route.max_concurrency, route.max_queue)
+        self.limiter = Limiter(route.max_concurrency * len(route.urls), route.max_queue)  # per replica
         self.counter = TokenCounter(route.name, route.tokenizer)
-        self.pool = Pool(route.upstream, route.connect_timeout)
+        self.pools = [Pool(url, route.connect_timeout) for url in route.urls]
+        self.pool = self.pools[0]
+        self.down: dict[Pool, asyncio.Future[None]] = {}  # replicas out of rotation -> their health check
+        self._turn = 0
         self._auth: dict[str, str] = {}
         if route.upstream_key is not None:
             self._auth = {"Authorization": f"Bearer {route.upstream_key.get_secret_value()}"}
@@ -94,12 +106,12 @@ class Upstream:
             "request %s: model %s: upstream %s: %s: %s",
             request_id,
             self.name,
-            self.route.upstream,
+            " ".join(self.route.urls),
             exc.kind,
             exc,
         )
         where = f"Model {self.name!r}: the upstream server"
-        if isinstance(exc, UpstreamConnectError) and not started:
+        if isinstance(exc, (UpstreamConnectError, UpstreamConnectTimeout)) and not started:
             return ApiError(
                 503,
                 f"{where} does not answer; retry later (the gateway's log has the details).",
@@ -119,10 +131,67 @@ class Upstream:
 
     async def post(self, path: str, body: bytes, request_id: str) -> Response:
         extra = {"Content-Type": "application/json", "x-request-id": request_id, **self._auth}
+        if len(self.pools) > 1:
+            return await self._post_balanced(path, body, extra, request_id)
         try:
             return await self.pool.request("POST", path, body, extra, self.route.read_timeout)
         except UpstreamError as exc:
             raise self.failure(exc, request_id=request_id) from None
+
+    async def _post_balanced(
+        self, path: str, body: bytes, extra: dict[str, str], request_id: str
+    ) -> Response:
+        tried: list[Pool] = []
+        while True:
+            pool = self._pick(tried)
+            try:
+                return await pool.request("POST", path, body, extra, self.route.read_timeout)
+            except (UpstreamConnectError, UpstreamConnectTimeout) as exc:  # nothing was sent
+                self._take_out(pool, exc, request_id)
+                tried.append(pool)
+                if len(tried) == len(self.pools):
+                    raise self.failure(exc, request_id=request_id) from None
+            except UpstreamError as exc:
+                raise self.failure(exc, request_id=request_id) from None
+
+    def _pick(self, tried: list[Pool]) -> Pool:
+        """The replica in rotation with the fewest requests in flight (ties in turn); when every one
+        is out of rotation, the ones not tried yet for this request (one may be back)."""
+        pools = self.pools
+        count = len(pools)
+        self._turn = start = (self._turn + 1) % count
+        best: Pool | None = None
+        for pool in pools[start:] + pools[:start]:
+            if pool in self.down or pool in tried:
+                continue
+            if best is None or pool.in_flight < best.in_flight:
+                best = pool
+        if best is None:
+            best = next(pool for pool in pools[start:] + pools[:start] if pool not in tried)
+        return best
+
+    def _take_out(self, pool: Pool, exc: UpstreamError, request_id: str) -> None:
+        if pool in self.down:
+            return
+        self.metrics.upstream_error(self.name, "replica_down")
+        log.warning(
+            "request %s: model %s: replica %s out of rotation (%s: %s); checking it every %g s",
+            request_id,
+            self.name,
+            pool.base_url,
+            exc.kind,
+            exc,
+            self.route.health_interval,
+        )
+        self.down[pool] = asyncio.ensure_future(self._check_until_back(pool))
+
+    async def _check_until_back(self, pool: Pool) -> None:
+        while True:
+            await asyncio.sleep(self.route.health_interval)
+            if await self._answers(pool, timeout=min(self.route.connect_timeout, 5.0)) is None:
+                self.down.pop(pool, None)
+                log.warning("model %s: replica %s is back in rotation", self.name, pool.base_url)
+                return
 
     async def read(self, resp: Response, limit: int, request_id: str) -> bytes:
         """A whole answer, at most `limit` bytes (502 above it)."""
@@ -163,7 +232,7 @@ class Upstream:
             log.warning(
                 "model %s: upstream %s answered %d to the gateway's upstream_key",
                 self.name,
-                self.route.upstream,
+                " ".join(self.route.urls),
                 status,
             )
             return ApiError(
@@ -193,9 +262,17 @@ class Upstream:
         )
 
     async def ready(self, timeout: float = 2.0) -> str | None:
-        """None when the upstream lists its models, else why not."""
+        """None when the upstream (one replica at least) lists its models, else why not."""
+        if len(self.pools) == 1:
+            return await self._answers(self.pool, timeout)
+        problems = await asyncio.gather(*(self._answers(pool, timeout) for pool in self.pools))
+        if any(problem is None for problem in problems):
+            return None
+        return "; ".join(f"replica {n + 1}: {problem}" for n, problem in enumerate(problems))
+
+    async def _answers(self, pool: Pool, timeout: float) -> str | None:
         try:
-            resp = await self.pool.request("GET", "/v1/models", b"", self._auth, timeout)
+            resp = await pool.request("GET", "/v1/models", b"", self._auth, timeout)
             try:
                 await resp.read(1 << 20)
             finally:
@@ -205,4 +282,8 @@ class Upstream:
         return None if resp.status == 200 else f"GET /v1/models answered {resp.status}"
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        for check in self.down.values():
+            check.cancel()
+        self.down.clear()
+        for pool in self.pools:
+            await pool.aclose()

@@ -218,6 +218,8 @@ class Upstream:
                     detail = parsed["detail"]
                 elif isinstance(parsed.get("error"), dict):
                     detail = parsed["error"].get("message", detail)
+                elif isinstance(parsed.get("message"), str):  # vLLM's {"object": "error", "message": ...}
+                    detail = parsed["message"]
         except orjson.JSONDecodeError:
             pass
         if not isinstance(detail, str):

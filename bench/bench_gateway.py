@@ -4,8 +4,10 @@ Targets (each its own process): the stand-in directly; nginx proxy_pass (the flo
 the lfwrap gateway with keys, routing, metrics and access log on; the gateway's stack with nothing
 else (a raw-ASGI proxy on granian with the gateway's own httptools client: the floor the gateway can
 reach); a minimal Starlette + aiohttp proxy and a minimal FastAPI + httpx proxy (what the hot-path
-choice was measured against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or /tmp/litellm-venv/bin/litellm;
-bench only, never a dependency). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own
+choice was measured against); LiteLLM's proxy when a `litellm` executable is found ($LITELLM, or
+/tmp/litellm-venv/bin/litellm; bench only, never a dependency: its pins clash with the project's, so it
+lives in its own venv: `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install
+'litellm[proxy]'`). Load: Debian's wrk, one thread (else bench/gateway/loadgen.py in its own
 process); streamed chunk timing: loadgen.py.
 
 The machine's load moves every figure, so the targets are measured in interleaved rounds (each round
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -176,6 +179,8 @@ def main() -> None:
             targets[f"minimal {kind.replace('_', ' + ')}"] = f"http://127.0.0.1:{port}"
 
         litellm = None if args.quick else litellm_binary()
+        litellm_key = "sk-" + secrets.token_urlsafe(32)
+        keys = {"LiteLLM proxy": litellm_key}  # every other target takes the gateway's key
         if litellm:
             port = free_port()
             (work / "litellm.yaml").write_text(
@@ -209,7 +214,12 @@ def main() -> None:
                         ],
                         f"http://127.0.0.1:{port}/health/liveliness",
                         work / "litellm.log",
-                        {"LITELLM_MASTER_KEY": key},  # it refuses to start without one
+                        {
+                            # it refuses to start without a strong sk- key, and fetches a price list
+                            # from the network unless told to use its own copy
+                            "LITELLM_MASTER_KEY": litellm_key,
+                            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                        },
                     )
                 )
                 targets["LiteLLM proxy"] = f"http://127.0.0.1:{port}"
@@ -225,8 +235,8 @@ def main() -> None:
         for number in range(1, args.rounds + 1):
             results: dict[str, dict[str, float]] = {}
             for name, base in targets.items():
-                c1 = measure_plain(base + PATH, key, work, 1)
-                c64 = measure_plain(base + PATH, key, work, 64)
+                c1 = measure_plain(base + PATH, keys.get(name, key), work, 1)
+                c64 = measure_plain(base + PATH, keys.get(name, key), work, 64)
                 results[name] = {
                     "p50": c1["p50_ms"],
                     "p99": c1["p99_ms"],

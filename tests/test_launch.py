@@ -21,8 +21,8 @@ from wrapper.launch.local import (
     llamafactory_cli,
     missing_modules,
     spawn,
-    stop_group,
 )
+from wrapper.launch.process import group_members, stop_group
 from wrapper.launch.progress import TrainerLog, error_lines
 
 HAND_CONFIG = {
@@ -128,10 +128,10 @@ def test_missing_llamafactory_cli_says_how_to_install(monkeypatch: pytest.Monkey
 def test_stop_group_leaves_no_process(tmp_path: Path) -> None:
     script = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
     process = spawn([sys.executable, "-c", script], cwd=tmp_path, log_path=tmp_path / "log", env={})
-    while len(runs.group_members(process.pid)) < 2:  # the child and its grandchild
+    while len(group_members(process.pid)) < 2:  # the child and its grandchild
         assert process.poll() is None
     stop_group(process, grace=5)
-    assert runs.group_members(process.pid) == []
+    assert group_members(process.pid) == []
 
 
 def test_cancel_of_a_queued_run(lfwrap_home: Path) -> None:

@@ -20,6 +20,7 @@ from wrapper.errors import RunError
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
 from wrapper.launch.export import check_out_folder, export_run
+from wrapper.launch.process import group_alive, process_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -74,7 +75,7 @@ def test_cancel_with_a_stale_meta_kills_nothing_and_shows_lost(
     (run_dir / "train.log").write_text("step 1\n")
     bystander = _bystander()
     try:
-        real = runs.process_identity(bystander.pid)
+        real = process_identity(bystander.pid)
         assert real is not None
         recorded = {
             "none": None,
@@ -132,7 +133,7 @@ def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path
     try:
         meta = launcher.cancel_run(run_dir, grace=5)
         assert meta.error[-1] == "`lfwrap runs cancel` stopped 2 leftover process(es)."  # bash and sleep
-        assert not runs.group_alive(supervisor.pid) and bystander.poll() is None
+        assert not group_alive(supervisor.pid) and bystander.poll() is None
     finally:
         bystander.kill()
         bystander.wait()
@@ -144,9 +145,9 @@ def test_cancel_verifies_and_stops_a_live_supervisor(lfwrap_home: Path, tmp_path
     supervisor = _supervise(run_dir, _stand_in(tmp_path, "sleep 300"))
     _wait_for(lambda: runs.read_meta(run_dir).status == "running", "the run to start")
     meta = runs.read_meta(run_dir)
-    assert meta.supervisor == runs.process_identity(supervisor.pid)
+    assert meta.supervisor == process_identity(supervisor.pid)
     assert launcher.cancel_run(run_dir, grace=5).status == "cancelled"
-    assert supervisor.wait(timeout=30) == 1 and not runs.group_alive(supervisor.pid)
+    assert supervisor.wait(timeout=30) == 1 and not group_alive(supervisor.pid)
 
 
 def test_llamafactory_killed_by_sigkill_fails_the_run_with_the_reason(lfwrap_home: Path, tmp_path: Path):

@@ -13,6 +13,7 @@ from fixtures_models import IdentityRun
 
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
+from wrapper.launch.process import group_members
 from wrapper.render import render_template
 
 pytestmark = pytest.mark.e2e
@@ -86,14 +87,14 @@ def test_cancel_a_detached_run(lfwrap, tiny_model: Path, lfwrap_home: Path) -> N
         time.sleep(0.5)
     meta = runs.read_meta(run_dir)
     assert meta.status == "running" and meta.pgid
-    assert len(runs.group_members(meta.pgid)) >= 2  # the supervisor and LLaMA-Factory
+    assert len(group_members(meta.pgid)) >= 2  # the supervisor and LLaMA-Factory
 
     proc = lfwrap("runs", "cancel", "long")
     assert proc.returncode == 0, proc.stderr
     assert "Run long is cancelled." in proc.stdout
     meta = runs.read_meta(run_dir)
     assert meta.status == "cancelled" and meta.ended
-    assert runs.group_members(meta.pgid) == []
+    assert group_members(meta.pgid) == []
     for pid in os.listdir("/proc"):  # nothing of this run left anywhere, in any group
         if pid.isdigit():
             try:

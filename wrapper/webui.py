@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import httpx
 
 from wrapper import home as lfhome
 from wrapper.errors import LaunchError, UsageError
+from wrapper.launch.process import stop_group
 
 DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
 DEFAULT_PORT = 7860
@@ -165,16 +165,9 @@ class WebUI:
         if self._stopped:
             return
         self._stopped = True
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             # The web UI starts trainings as its own children: stop the whole process group.
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
+            stop_group(self.process, grace=grace)
         if self.container is not None:
             self.container.stop(timeout=int(grace))
             self.container.remove()

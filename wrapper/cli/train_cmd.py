@@ -324,7 +324,7 @@ def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = 
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     from wrapper.launch import train as launcher
-    from wrapper.launch.local import sigterm_as_interrupt
+    from wrapper.launch.process import sigterm_as_interrupt
 
     sigterm_as_interrupt()
     console = Console(stderr=True)

@@ -19,7 +19,8 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.evaluate.rag import write_rag_data
-from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn, stop_group
+from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
 from wrapper.launch.train import write_yaml
 

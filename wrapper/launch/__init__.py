@@ -5,6 +5,7 @@ Library API (the CLI is a thin shell over it):
     wrapper.launch.preflight  output folder writable, disk enough for the checkpoints
     wrapper.launch.train    create_run → launch → follow → result; cancel_run, prepare_resume
     wrapper.launch.runs     run directories, their meta.json, the supervisor's identity, the run lock
+    wrapper.launch.process  process identity and groups; stop_group / stop_pids (SIGTERM, grace, SIGKILL)
     wrapper.launch.serve    start_api_server → ServerHandle(url, stop())
     wrapper.launch.export   export_run (merge a run's LoRA adapter into a standalone model)
 """

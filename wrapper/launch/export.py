@@ -6,7 +6,8 @@ from pathlib import Path
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
-from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.local import llamafactory_cli, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
 from wrapper.launch.train import docker_setup, model_mounts, read_host_config, write_yaml
 

@@ -20,7 +20,8 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.home import home
 from wrapper.launch import runs
-from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.local import llamafactory_cli, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
 from wrapper.launch.train import model_mounts, read_host_config, write_yaml
 

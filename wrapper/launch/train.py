@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from wrapper.launch.plan import (  # noqa: F401  (re-exported: the plan is part 
     model_mounts,
     plan_run,
 )
+from wrapper.launch.process import boot_id, group_members, process_identity, start_time, stop_group, stop_pids
 from wrapper.launch.progress import Progress, TrainerLog
 from wrapper.yamlload import safe_load
 
@@ -165,7 +165,7 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
     if meta.backend == "local":  # fail here, in the caller, when a needed package is missing
         check_extras(read_config(run_dir), meta.env, llamafactory_cli())
     with (run_dir / "supervisor.log").open("ab") as log:
-        process = subprocess.Popen(
+        child = subprocess.Popen(
             [sys.executable, "-m", "wrapper.launch.supervisor", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -173,9 +173,9 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     # the supervisor records the same itself when it starts; whichever comes first, cancel can verify it
-    identity = runs.process_identity(process.pid)
-    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid, supervisor=identity)
-    return process
+    identity = process_identity(child.pid)
+    runs.update_meta(run_dir, pid=child.pid, pgid=child.pid, supervisor=identity)
+    return child
 
 
 def _lost(meta: runs.RunMeta) -> bool:
@@ -265,22 +265,15 @@ def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMe
         meta = refresh(run_dir)  # a lost run becomes failed ("lost") here
         leftovers = _leftovers(run_dir, meta)
         if leftovers:  # LLaMA-Factory outliving a killed supervisor, still holding the run's lock
-            _stop_pids(leftovers, grace)
+            stop_pids(leftovers, grace)
             note = f"`lfwrap runs cancel` stopped {len(leftovers)} leftover process(es)."
             return runs.update_meta(run_dir, error=[*meta.error, note])
         if was_lost:
             return meta
         raise RunError(f"Run {meta.name!r} already ended ({meta.status}); nothing to cancel.")
     # the supervisor leads the group (own session): its verified pid is the only group id signalled
-    if meta.pgid and runs.supervisor_alive(meta) and meta.pgid == (meta.supervisor or {}).get("pid"):
-        _signal_group(meta.pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while runs.group_alive(meta.pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if runs.group_alive(meta.pgid):
-            _signal_group(meta.pgid, signal.SIGKILL)
-            while runs.group_alive(meta.pgid):
-                time.sleep(0.1)
+    if meta.pgid and meta.pgid == (meta.supervisor or {}).get("pid"):
+        stop_group(meta.pgid, grace=grace, identity=meta.supervisor)
     meta = runs.read_meta(run_dir)
     if meta.status not in runs.FINISHED:
         meta = runs.update_meta(run_dir, status="cancelled", ended=runs.now())
@@ -295,35 +288,16 @@ def _leftovers(run_dir: Path, meta: runs.RunMeta) -> list[int]:
         lock.release()
         return []
     recorded = meta.supervisor or {}
-    if not recorded or recorded.get("boot_id") != runs.boot_id() or meta.pgid is None:
+    if not recorded or recorded.get("boot_id") != boot_id() or meta.pgid is None:
         return []
     if meta.pgid != recorded.get("pid"):
         return []
     found = []
-    for pid in runs.group_members(meta.pgid):
-        started = runs.start_time(pid)
+    for pid in group_members(meta.pgid):
+        started = start_time(pid)
         if started is not None and started >= recorded["start_time"]:
             found.append(pid)
     return found
-
-
-def _stop_pids(pids: list[int], grace: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while any(runs.start_time(pid) is not None for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def discard_run(run_dir: Path) -> None:

@@ -15,7 +15,8 @@ from wrapper.evaluate.plan import plan_eval
 from wrapper.evaluate.report import marked, render_html
 from wrapper.home import models_dir
 from wrapper.launch import runs
-from wrapper.launch import train as launcher
+from wrapper.launch.configfile import read_config, write_config
+from wrapper.launch.plan import materialize, plan_run
 from wrapper.launch.progress import TrainerLog, sparkline
 
 CONFIG = {
@@ -38,9 +39,9 @@ def _model() -> Path:
 
 def _finished(name: str, status: str = "succeeded", **config: object) -> Path:
     """A run as training leaves it: the base model folder exists, output/ holds weights."""
-    run_dir = launcher.create_run(
+    run_dir = materialize(plan_run(
         {**CONFIG, "model_name_or_path": str(_model()), **config}, name=name, template="sft_lora"
-    )
+    ))
     (run_dir / "output").mkdir()
     (run_dir / "output" / "adapter_model.safetensors").write_bytes(b"")
     runs.update_meta(run_dir, status=status)
@@ -86,9 +87,9 @@ def test_the_runs_own_split_is_reused(lfwrap_home: Path) -> None:
 
 def test_a_run_without_chat_template_keeps_llamafactorys_fallback(lfwrap_home: Path) -> None:
     run_dir = _finished("plain")
-    config = launcher.read_config(run_dir)
+    config = read_config(run_dir)
     del config["template"]
-    launcher.write_config(run_dir, config)
+    write_config(run_dir, config)
     assert all(item.config["template"] is None for item in plan_eval("plain", datasets="identity").passes)
 
 

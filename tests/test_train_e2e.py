@@ -13,6 +13,7 @@ from fixtures_models import IdentityRun
 
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
+from wrapper.launch.plan import materialize, plan_run
 from wrapper.launch.process import group_members
 from wrapper.render import render_template
 
@@ -116,7 +117,7 @@ def test_missing_data_file_fails_with_the_error_line(lfwrap_home: Path, tiny_mod
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rendered = render_template("sft_lora", ["template=default", "cutoff_len=128"],
                                extra={"model_name_or_path": str(tiny_model), "dataset": "alpaca_demo"})
-    run_dir = launcher.create_run(rendered.data, name="broken", template="sft_lora")
+    run_dir = materialize(plan_run(rendered.data, name="broken", template="sft_lora"))
     (run_dir / "data" / "alpaca_demo" / "alpaca_demo.json").unlink()  # the data vanished before launch
     outcome = launcher.follow(run_dir, process=launcher.launch(run_dir))
     meta = outcome.meta

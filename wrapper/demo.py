@@ -78,6 +78,7 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     from wrapper.cli.train_cmd import follow_in_terminal
     from wrapper.launch import runs
     from wrapper.launch import train as launcher
+    from wrapper.launch.plan import materialize, plan_run
     from wrapper.render import render_template
 
     rendered = render_template(
@@ -91,9 +92,8 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     run_dir = runs.run_path(name)
     if run_dir.exists():
         launcher.discard_run(run_dir)
-    run_dir = launcher.create_run(
-        rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS)
-    )
+    plan = plan_run(rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS))
+    run_dir = materialize(plan)
     follow_in_terminal(run_dir, launcher.launch(run_dir))
     return run_dir
 

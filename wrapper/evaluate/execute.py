@@ -19,10 +19,10 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.evaluate.rag import write_rag_data
+from wrapper.launch.configfile import write_yaml
 from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn
 from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import write_yaml
 
 RUNNER = Path(__file__).with_name("runner.py")
 LOG_FILE = "eval.log"

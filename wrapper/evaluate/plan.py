@@ -102,7 +102,7 @@ def _registered(names: list[str]) -> Path:
 
 def has_eval_split(run_dir: Path) -> bool:
     """Whether the run was trained with an eval split (eval_dataset or val_size) that eval can reuse."""
-    from wrapper.launch.train import read_config
+    from wrapper.launch.configfile import read_config
 
     try:
         config = read_config(run_dir)
@@ -189,7 +189,7 @@ def plan_eval(
     rag_top_k: int = 4,
 ) -> EvalPlan:
     """The passes `lfwrap eval` runs for run `name`; RunError / UsageError / DatasetError when it cannot."""
-    from wrapper.launch.train import read_config
+    from wrapper.launch.configfile import read_config
     from wrapper.render import render_template
 
     run_dir = runs.find_run(name)

@@ -20,39 +20,27 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from wrapper.errors import LaunchError
 from wrapper.home import bundled_datasets_dir, home
+from wrapper.launch.docker_paths import CONTAINER_RUN_DIR, Mount, effective_mounts, hf_home_target
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
+    from wrapper.launch.runs import RunMeta
+
 DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
-CONTAINER_RUN_DIR = "/app/run"
-CONTAINER_DATA_DIR = "/app/data"
-CONTAINER_MODELS_DIR = "/app/models"
-CONTAINER_HF_HOME = "/root/.cache/huggingface"
-# Where the cache goes for a non-root --user: /root is closed to other users in the image.
-CONTAINER_HF_HOME_USER = "/app/hf_home"
 RUN_LABEL = "lfwrap.run"
 PASSTHROUGH_ENV = ("HF_ENDPOINT", "HF_TOKEN")
 SECRET_ENV = ("HF_TOKEN",)
 _GPU_DRIVER_HINTS = ("could not select device driver", "nvidia-container-cli", "unresolvable CDI devices")
 
 Gpus = Literal["all"] | list[str] | None
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A host folder or file the container sees at `target`."""
-
-    source: Path
-    target: str
-    read_only: bool = True
 
 
 @dataclass
@@ -108,30 +96,6 @@ def run_label(run_dir: Path) -> str:
 
 def container_name(run_dir: Path) -> str:
     return "lfwrap-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", run_dir.name)
-
-
-def container_path(host_path: Path | str, mounts: Iterable[Mount]) -> str:
-    """Where `host_path` appears inside the container, given the mounts; LaunchError if nowhere."""
-    resolved = Path(host_path).expanduser().resolve()
-    for mount in mounts:
-        source = mount.source.expanduser().resolve()
-        if resolved == source:
-            return mount.target
-        if resolved.is_relative_to(source):
-            return f"{mount.target.rstrip('/')}/{resolved.relative_to(source).as_posix()}"
-    raise LaunchError(
-        f"{host_path} is not visible inside the container; put it under $LFWRAP_HOME "
-        f"(runs, datasets or models) or use a Hugging Face model name."
-    )
-
-
-def host_path(inside: str, mounts: Iterable[Mount]) -> str:
-    """The host path behind a container path, given the mounts; unchanged when no mount holds it."""
-    for mount in mounts:
-        target = mount.target.rstrip("/")
-        if inside == target or inside.startswith(target + "/"):
-            return str(mount.source.expanduser().resolve() / inside[len(target) :].lstrip("/"))
-    return inside
 
 
 def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
@@ -232,10 +196,6 @@ def host_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def hf_home_target(options: DockerOptions) -> str:
-    return CONTAINER_HF_HOME_USER if options.user else CONTAINER_HF_HOME
-
-
 def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
     merged: dict[str, str] = {"HF_HOME": hf_home_target(options)} if options.hf_cache is not None else {}
     if options.user:
@@ -247,17 +207,6 @@ def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
     merged.update(options.env)
     merged.update(env)
     return [f"{key}={value}" for key, value in merged.items()]
-
-
-def effective_mounts(*, run_dir: Path, options: DockerOptions, mounts: list[Mount]) -> list[Mount]:
-    """`mounts` plus the run directory (read-write, /app/run) and the Hugging Face cache when set."""
-    result = [
-        Mount(m.source.expanduser(), m.target, m.read_only) for m in mounts if m.target != CONTAINER_RUN_DIR
-    ]
-    result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
-    if options.hf_cache is not None:
-        result.append(Mount(options.hf_cache.expanduser(), hf_home_target(options), read_only=False))
-    return result
 
 
 def container_spec(
@@ -315,6 +264,15 @@ def container_spec(
     if options.user:
         spec["User"] = options.user
     return spec
+
+
+def run_spec(run_dir: Path, meta: RunMeta) -> dict[str, Any]:
+    """The container spec a docker run (planned or created) is started with, secrets redacted."""
+    from wrapper.launch.docker_paths import docker_setup
+
+    options, mounts = docker_setup(meta)
+    spec = container_spec(run_dir=run_dir, command=meta.command, options=options, env=meta.env, mounts=mounts)
+    return redact_spec(spec)
 
 
 def redact_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -494,52 +452,3 @@ def start_container(
             ) from exc
         raise LaunchError(f"Docker could not start the container: {message}.") from exc
     return handle
-
-
-def standard_mounts(dataset_dir: Path, model_dir: Path | None = None) -> list[Mount]:
-    """The usual read-only mounts: the datasets folder at /app/data and a local model at /app/models."""
-    mounts = [Mount(dataset_dir, CONTAINER_DATA_DIR, read_only=True)]
-    if model_dir is not None:
-        mounts.append(Mount(model_dir, f"{CONTAINER_MODELS_DIR}/{model_dir.name}", read_only=True))
-    return mounts
-
-
-CONFIG_PATH_KEYS = (
-    "model_name_or_path",
-    "adapter_name_or_path",
-    "output_dir",
-    "dataset_dir",
-    "deepspeed",
-    "export_dir",
-    "resume_from_checkpoint",
-    "logging_dir",
-    "tokenized_path",
-    "media_dir",
-)
-
-
-def host_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
-    """The inverse of container_config: a container-side config with its paths back on the host."""
-    mount_list = list(mounts)
-    result = dict(config)
-    for key in CONFIG_PATH_KEYS:
-        value = result.get(key)
-        if isinstance(value, str) and value.startswith("/"):
-            parts = value.split(",") if key == "adapter_name_or_path" else [value]
-            result[key] = ",".join(host_path(part.strip(), mount_list) for part in parts)
-    return result
-
-
-def container_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
-    """A copy of a LLaMA-Factory config whose absolute host paths point inside the container."""
-    mount_list = list(mounts)
-    result = dict(config)
-    for key in CONFIG_PATH_KEYS:
-        value = result.get(key)
-        if not isinstance(value, str):
-            continue
-        parts = [part.strip() for part in value.split(",")] if key == "adapter_name_or_path" else [value]
-        if not all(part.startswith("/") for part in parts):
-            continue
-        result[key] = ",".join(container_path(part, mount_list) for part in parts)
-    return result

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import BinaryIO
 
 from wrapper.launch import runs
 from wrapper.launch.local import child_env, llamafactory_cli
@@ -65,7 +65,7 @@ def _stop_group(child: subprocess.Popen[bytes]) -> None:
     child.wait()
 
 
-def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
+def _run_local(run_dir: Path, meta: runs.RunMeta, log: BinaryIO, lock: runs.RunLock) -> int:
     command = [llamafactory_cli(), *meta.command[1:]]
     child = subprocess.Popen(
         command,
@@ -83,9 +83,9 @@ def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) 
         raise
 
 
-def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
+def _run_docker(run_dir: Path, meta: runs.RunMeta, log: BinaryIO, lock: runs.RunLock) -> int:
     from wrapper.launch.docker_backend import start_container
-    from wrapper.launch.train import docker_setup
+    from wrapper.launch.docker_paths import docker_setup
 
     options, mounts = docker_setup(meta)
     handle = start_container(

@@ -1,10 +1,10 @@
-"""The training launcher as a library: rendered config → run directory → launch → follow → result.
+"""A training run's lifecycle, once its directory exists: launch → follow → result; cancel, resume, remove.
 
-    plan = plan_run(config, template="sft_lora", overrides=[...])   # pure: what --dry-run shows
-    run_dir = materialize(plan)                       # the run directory (create_run does both)
+    run_dir = materialize(plan_run(config, template="sft_lora"))   # wrapper.launch.plan: the run folder
     launch(run_dir)                                  # starts the supervisor (own process group)
     meta = follow(run_dir, on_progress=print)        # until succeeded / failed / cancelled
     cancel_run(run_dir)                              # from anywhere, also for detached runs
+    prepare_resume(run_dir); remove_run(run_dir)
 
 The CLI (`lfwrap train`, `lfwrap runs`), a job worker or the gateway call these and nothing else.
 """
@@ -16,31 +16,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
+from wrapper.launch.configfile import read_config, write_config
 from wrapper.launch.local import check_extras, llamafactory_cli
-from wrapper.launch.plan import (  # noqa: F401  (re-exported: the plan is part of this module's API)
-    DATASET_KEYS,
-    RunPlan,
-    config_text,
-    container_spec_of,
-    docker_setup,
-    materialize,
-    model_mounts,
-    plan_run,
-)
 from wrapper.launch.process import boot_id, group_members, process_identity, start_time, stop_group, stop_pids
 from wrapper.launch.progress import Progress, TrainerLog
-from wrapper.yamlload import safe_load
-
-if TYPE_CHECKING:
-    from wrapper.launch.distributed import DistributedOptions
-    from wrapper.launch.docker_backend import DockerOptions
 
 POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
@@ -52,76 +37,6 @@ class RunResult:
     progress: Progress
     adapter: Path | None  # output_dir when it holds an adapter or model
     loss_plot: Path | None
-
-
-def create_run(
-    config: dict[str, Any],
-    *,
-    name: str | None = None,
-    template: str | None = None,
-    overrides: Sequence[str] = (),
-    backend: str = "local",
-    distributed: DistributedOptions | None = None,
-    docker: DockerOptions | None = None,
-) -> Path:
-    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued:
-    plan_run (pure) then materialize (the only step that writes)."""
-    plan = plan_run(
-        config,
-        name=name,
-        template=template,
-        overrides=overrides,
-        backend=backend,
-        distributed=distributed,
-        docker=docker,
-    )
-    return materialize(plan)
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    """Write a LLaMA-Factory config file (keys in their rendered order, Unicode kept)."""
-    path.write_text(config_text(data), encoding="utf-8")
-    return path
-
-
-def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
-    return write_yaml(run_dir / runs.CONFIG_FILE, config)
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    data = safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def read_host_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config as seen from this machine: a docker run's container paths (/app/run,
-    /app/models/NAME ...) mapped back to the host folders they were mounted from."""
-    config = read_config(run_dir)
-    meta = runs.read_meta(run_dir)
-    if meta.backend != "docker":
-        return config
-    from wrapper.launch.docker_backend import CONTAINER_RUN_DIR, Mount, host_config
-
-    _, mounts = docker_setup(meta)
-    return host_config(config, [*mounts, Mount(run_dir, CONTAINER_RUN_DIR, read_only=False)])
-
-
-def launch_command(run_dir: Path) -> list[str]:
-    """What the supervisor runs, for --dry-run (locally: the resolved llamafactory-cli)."""
-    meta = runs.read_meta(run_dir)
-    if meta.backend == "docker":
-        return meta.command
-    return [llamafactory_cli(), *meta.command[1:]]
-
-
-def container_spec_for(run_dir: Path) -> dict[str, Any]:
-    """The container spec a docker run will be created with (secrets redacted)."""
-    from wrapper.launch.docker_backend import container_spec, redact_spec
-
-    meta = runs.read_meta(run_dir)
-    options, mounts = docker_setup(meta)
-    spec = container_spec(run_dir=run_dir, command=meta.command, options=options, env=meta.env, mounts=mounts)
-    return redact_spec(spec)
 
 
 def prepare_resume(run_dir: Path) -> Path:

@@ -98,8 +98,8 @@ def container_name(run_dir: Path) -> str:
     return "lfwrap-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", run_dir.name)
 
 
-def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
-    roots = [home(), bundled_datasets_dir(), run_dir]
+def _allowed_roots(options: DockerOptions, run_dir: Path | None) -> list[Path]:
+    roots = [home(), bundled_datasets_dir(), *([run_dir] if run_dir is not None else [])]
     if options.hf_cache is not None:
         roots.append(options.hf_cache)
     return [root.expanduser().resolve() for root in roots]
@@ -155,7 +155,7 @@ def _shm_bytes(size: str) -> int:
     return value
 
 
-def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) -> None:
+def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path | None) -> None:
     if options.hf_cache is not None:
         check_cache(options.hf_cache)
     roots = _allowed_roots(options, run_dir)
@@ -211,16 +211,19 @@ def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
 
 def container_spec(
     *,
-    run_dir: Path,
+    run_dir: Path | None,
     command: list[str],
     options: DockerOptions,
     env: Mapping[str, str],
     mounts: list[Mount],
+    workdir: str = CONTAINER_RUN_DIR,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The exact body of the Engine API's POST /containers/create for this run.
 
-    The run directory is always mounted read-write at /app/run (the working directory); the
-    Hugging Face cache, when `options.hf_cache` is set, read-write at /root/.cache/huggingface.
+    The run directory is mounted read-write at /app/run (the working directory); the Hugging Face
+    cache, when `options.hf_cache` is set, read-write at /root/.cache/huggingface. A container that is
+    no run (the web UI: `run_dir` None) works in `workdir` and carries `labels` instead.
     """
     from docker.types import Mount as DockerMount
 
@@ -248,8 +251,8 @@ def container_spec(
         "Image": options.image,
         "Cmd": list(command),
         "Env": _env_list(options, env),
-        "Labels": {RUN_LABEL: run_label(run_dir)},
-        "WorkingDir": CONTAINER_RUN_DIR,
+        "Labels": dict(labels) if labels is not None else {RUN_LABEL: run_label(run_dir)} if run_dir else {},
+        "WorkingDir": workdir,
         "Tty": False,
         "AttachStdout": True,
         "AttachStderr": True,
@@ -416,21 +419,32 @@ class DockerHandle:
 
 def start_container(
     *,
-    run_dir: Path,
+    run_dir: Path | None,
     command: list[str],
     options: DockerOptions,
     env: dict[str, str],
     mounts: list[Mount],
+    workdir: str = CONTAINER_RUN_DIR,
+    labels: Mapping[str, str] | None = None,
 ) -> DockerHandle:
-    """Create and start the container for this run; LaunchError with one sentence on any failure."""
+    """Create and start the container for this run (named after it) or, with `run_dir` None, an unnamed
+    one working in `workdir`; LaunchError with one sentence on any failure."""
     from docker.errors import APIError
 
-    spec = container_spec(run_dir=run_dir, command=command, options=options, env=env, mounts=mounts)
+    spec = container_spec(
+        run_dir=run_dir,
+        command=command,
+        options=options,
+        env=env,
+        mounts=mounts,
+        workdir=workdir,
+        labels=labels,
+    )
     if options.hf_cache is not None:
         options.hf_cache.expanduser().mkdir(parents=True, exist_ok=True)
     client = connect(options)
     ensure_image(client, options)
-    name = container_name(run_dir)
+    name = container_name(run_dir) if run_dir is not None else None
     try:
         created = client.api.create_container_from_config(spec, name=name)
     except APIError as exc:
@@ -439,7 +453,7 @@ def start_container(
                 f"A container named {name} already exists; remove it with `docker rm -f {name}` and retry."
             ) from exc
         raise LaunchError(f"Docker could not create the container: {_engine_message(exc)}.") from exc
-    handle = DockerHandle(client, created["Id"], name)
+    handle = DockerHandle(client, created["Id"], name or created["Id"][:12])
     try:
         client.api.start(handle.id)
     except APIError as exc:

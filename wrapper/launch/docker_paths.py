@@ -66,12 +66,14 @@ def hf_home_target(options: DockerOptions) -> str:
     return CONTAINER_HF_HOME_USER if options.user else CONTAINER_HF_HOME
 
 
-def effective_mounts(*, run_dir: Path, options: DockerOptions, mounts: list[Mount]) -> list[Mount]:
-    """`mounts` plus the run directory (read-write, /app/run) and the Hugging Face cache when set."""
+def effective_mounts(*, run_dir: Path | None, options: DockerOptions, mounts: list[Mount]) -> list[Mount]:
+    """`mounts` plus the run directory (read-write, /app/run) when there is one and the Hugging Face cache
+    when set."""
     result = [
         Mount(m.source.expanduser(), m.target, m.read_only) for m in mounts if m.target != CONTAINER_RUN_DIR
     ]
-    result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
+    if run_dir is not None:
+        result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
     if options.hf_cache is not None:
         result.append(Mount(options.hf_cache.expanduser(), hf_home_target(options), read_only=False))
     return result

@@ -53,7 +53,8 @@ def test_export_data_dir_is_portable_and_keeps_user_datasets(lfwrap, tmp_path: P
 
 def _binds(host_config: dict) -> list[str]:
     """The Engine API's bind mounts written as `docker run -v` would: source:target:ro|rw."""
-    return sorted(f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}" for m in host_config["Mounts"])
+    mounts = host_config["Mounts"]
+    return sorted(f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}" for m in mounts)
 
 
 def test_docker_spec_matches_the_compose_webui(lfwrap_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from wrapper import home
 from wrapper.datasets.check import CheckReport, check_file
-from wrapper.datasets.info import Columns, Tags, did_you_mean, read_dataset_info
+from wrapper.datasets.info import Columns, Tags, read_dataset_info
 from wrapper.datasets.registry import (
     INFO_FILE,
     RegistryEntry,
@@ -29,6 +29,7 @@ from wrapper.datasets.registry import (
 )
 from wrapper.datasets.rows import defaults
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.suggest import did_you_mean
 
 
 def parse_pairs(items: Sequence[str], allowed: tuple[str, ...], option: str) -> dict[str, str]:

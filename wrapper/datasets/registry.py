@@ -27,8 +27,10 @@ from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from wrapper import home
-from wrapper.datasets.info import Columns, Tags, check_entries, did_you_mean, read_dataset_info
+from wrapper.datasets.info import Columns, Tags, check_entries, read_dataset_info
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.pydantic_errors import loc_text
+from wrapper.suggest import did_you_mean
 from wrapper.yamlload import safe_load
 
 INFO_FILE = "dataset_info.json"
@@ -96,7 +98,7 @@ def load_registry(path: Path) -> dict[str, RegistryEntry]:
             entries[str(name)] = RegistryEntry.model_validate(raw)
         except ValidationError as exc:
             for error in exc.errors():
-                loc = ".".join(str(part) for part in error["loc"])
+                loc = loc_text(error["loc"])
                 hint = ""
                 if error["type"] == "extra_forbidden":
                     hint = did_you_mean(str(error["loc"][-1]), tuple(RegistryEntry.model_fields))

@@ -100,7 +100,8 @@ def data_files(name: str, entry: dict[str, Any], dataset_dir: Path) -> list[Path
 def registered_entry(name: str, dataset_dir: Path | None) -> tuple[dict[str, Any], Path]:
     """The entry of dataset `name` in dataset_dir's dataset_info.json (default: lfwrap's registry) and the
     folder its file_name is relative to; DatasetError with "did you mean" when it is not there."""
-    from wrapper.datasets.info import did_you_mean, read_dataset_info
+    from wrapper.datasets.info import read_dataset_info
+    from wrapper.suggest import did_you_mean
 
     if dataset_dir is None:
         from wrapper.datasets.registry import merged_entries

@@ -81,8 +81,9 @@ def report_folder(run_dir: Path, out: Path | None) -> Path:
 
 def _registered(names: list[str]) -> Path:
     """lfwrap's dataset folder, after checking every name is a registered non-ranking dataset."""
-    from wrapper.datasets.info import did_you_mean, read_dataset_info
+    from wrapper.datasets.info import read_dataset_info
     from wrapper.datasets.registry import prepare_dataset_dir
+    from wrapper.suggest import did_you_mean
 
     folder = prepare_dataset_dir()
     info = read_dataset_info(folder / "dataset_info.json")

@@ -138,7 +138,7 @@ def find_run(name: str) -> Path:
     """An existing run's folder, or RunError naming the runs that do exist."""
     path = run_path(name)
     if not (path / META_FILE).is_file():
-        from wrapper.datasets.info import did_you_mean
+        from wrapper.suggest import did_you_mean
 
         hint = did_you_mean(name, [p.name for p in list_run_dirs()])
         raise RunError(f"No run named {name!r} under {runs_dir()}{hint}; list runs with `lfwrap runs`.")

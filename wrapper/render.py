@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper import home
 from wrapper.errors import ConfigError, Problem, UsageError
+from wrapper.fileio import write_atomic
 from wrapper.pydantic_errors import fields_at, loc_text
 from wrapper.suggest import PAREN_CODE, did_you_mean
 from wrapper.yamlload import safe_load
@@ -258,14 +258,8 @@ def write_deepspeed(name: str, folder: Path) -> Path:
     """Write preset `name` to folder/ds_NAME.json (atomically) and return the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ds_{name}.json"
-    _write_atomic(path, json.dumps(render_deepspeed(name), indent=2) + "\n")
+    write_atomic(path, json.dumps(render_deepspeed(name), indent=2) + "\n")
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- --set

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,7 @@ from wrapper.datasets.registry import (
 )
 from wrapper.datasets.rows import defaults
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.fileio import copy_atomic
 from wrapper.suggest import did_you_mean
 
 
@@ -177,14 +175,7 @@ def _copy_into(source: Path, target: Path, folder: Path) -> None:
     """Copy source to target atomically; target must be a file directly inside folder."""
     if target.parent != folder or target.is_symlink() or target.is_dir():
         raise DatasetError(f"Refusing to write {target}: it is not a plain file inside {folder}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    copy_atomic(source, target)
 
 
 @dataclass

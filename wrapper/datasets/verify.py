@@ -21,6 +21,7 @@ from typing import Any
 from wrapper.datasets.check import check_file
 from wrapper.datasets.rows import Spec, entry_spec
 from wrapper.errors import DatasetError, Problem
+from wrapper.fileio import write_atomic
 
 # LLaMA-Factory 0.9.5 extras/constants.py FILEEXT2TYPE: the file types it loads.
 FILEEXT2TYPE = {
@@ -142,9 +143,7 @@ def _read_cache() -> dict[str, Any]:
 def _write_cache(cache: dict[str, Any]) -> None:
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(json.dumps(cache), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(cache))
 
 
 def _cache_key(path: Path, spec: Spec) -> str:

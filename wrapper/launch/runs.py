@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from typing import Any, Literal
 from filelock import FileLock
 
 from wrapper.errors import RunError, UsageError
+from wrapper.fileio import write_atomic
 from wrapper.home import runs_dir
 from wrapper.launch.process import same_process
 
@@ -175,10 +175,7 @@ def read_meta(run_dir: Path) -> RunMeta:
 
 def write_meta(run_dir: Path, meta: RunMeta) -> None:
     text = json.dumps(meta.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".meta.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, run_dir / META_FILE)
+    write_atomic(run_dir / META_FILE, text)
 
 
 def update_meta(run_dir: Path, **changes: Any) -> RunMeta:

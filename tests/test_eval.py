@@ -71,6 +71,28 @@ def test_plan_for_an_adapter_run_on_a_registered_dataset(lfwrap_home: Path) -> N
     ]
 
 
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
+def test_planning_writes_nothing_running_writes_the_datasets_info(lfwrap_home: Path) -> None:
+    from wrapper.evaluate.execute import write_plan
+
+    _finished("pure")
+    before = _tree(lfwrap_home)
+    assert not (lfwrap_home / "datasets" / "dataset_info.json").exists()
+    plan = plan_eval("pure", datasets="identity,alpaca_demo", max_samples=2)
+    assert _tree(lfwrap_home) == before  # no dataset_info.json, no report folder: planning is pure
+    with pytest.raises(DatasetError, match="'identiy' is not registered \\(did you mean 'identity'\\?\\)"):
+        plan_eval("pure", datasets="identiy")
+    assert _tree(lfwrap_home) == before
+    write_plan(plan)  # running the plan: LLaMA-Factory reads dataset_info.json from dataset_dir
+    info = json.loads((lfwrap_home / "datasets" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert {"identity", "alpaca_demo"} <= set(info)
+    assert plan.passes[0].config["dataset_dir"] == str(lfwrap_home / "datasets")
+    assert (plan.out / "jobs.json").is_file()
+
+
 def test_the_runs_own_split_is_reused(lfwrap_home: Path) -> None:
     _finished("split", val_size=0.2, seed=7, max_samples=100)
     plan = plan_eval("split")

@@ -53,7 +53,16 @@ def runner_command() -> list[str]:
 
 
 def write_plan(plan: EvalPlan) -> Path:
-    """Create the report folder with every pass's config and the runner's job list; the job list."""
+    """Create the report folder with every pass's config and the runner's job list; the job list. Passes
+    on lfwrap's registered datasets get their dataset_info.json written first, as creating a run does."""
+    from wrapper.datasets.registry import is_lfwrap_dataset_dir, prepare_dataset_dir
+
+    if any(
+        is_lfwrap_dataset_dir(Path(item.config["dataset_dir"]))
+        for item in plan.passes
+        if item.config.get("dataset_dir")
+    ):
+        prepare_dataset_dir()
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.rag is not None:
         write_rag_data(plan.out, plan.rag)

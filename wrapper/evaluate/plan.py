@@ -80,13 +80,14 @@ def report_folder(run_dir: Path, out: Path | None) -> Path:
 
 
 def _registered(names: list[str]) -> Path:
-    """lfwrap's dataset folder, after checking every name is a registered non-ranking dataset."""
-    from wrapper.datasets.info import read_dataset_info
-    from wrapper.datasets.registry import prepare_dataset_dir
+    """lfwrap's dataset folder, after checking every name is a registered non-ranking dataset. Reads the
+    entries its dataset_info.json will hold; running the plan writes that file (write_plan)."""
+    from wrapper.datasets.registry import dataset_info_for
+    from wrapper.home import user_datasets_dir
     from wrapper.suggest import did_you_mean
 
-    folder = prepare_dataset_dir()
-    info = read_dataset_info(folder / "dataset_info.json")
+    folder = user_datasets_dir()
+    info = dataset_info_for(folder) or {}
     for name in names:
         if name not in info:
             raise DatasetError(

@@ -7,7 +7,7 @@ loc_text(error["loc"])                  # "models.0.rag.index"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -58,3 +58,9 @@ def first_message(exc: ValidationError, top: str) -> str:
     """'WHERE: pydantic's message' for the first problem only (a row of a file: one line is enough)."""
     error = exc.errors()[0]
     return f"{loc_text(error['loc']) or top}: {error['msg']}"
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names that appear more than once, sorted: for a validator refusing two entries of one name."""
+    seen = list(names)
+    return sorted({name for name in seen if seen.count(name) > 1})

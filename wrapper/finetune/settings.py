@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from wrapper.errors import ConfigError, Problem
 from wrapper.home import home
-from wrapper.pydantic_errors import messages
+from wrapper.pydantic_errors import messages, repeated
 from wrapper.yamlload import read_mapping
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a part of `ft:<base>:<suffix>:<job>`
@@ -79,8 +79,7 @@ class FineTuningSettings(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> FineTuningSettings:
-        names = [entry.name for entry in self.base_models]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = repeated(entry.name for entry in self.base_models)
         if twice:
             raise ValueError(f"base model name(s) {', '.join(twice)} appear more than once")
         return self

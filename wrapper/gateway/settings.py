@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from wrapper.errors import GatewayError, Problem
 from wrapper.home import home
-from wrapper.pydantic_errors import messages
+from wrapper.pydantic_errors import messages, repeated
 from wrapper.rag.route import RagRoute
 from wrapper.yamlload import read_mapping
 
@@ -192,8 +192,7 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:
-        names = [route.name for route in self.models]
-        dupes = sorted({name for name in names if names.count(name) > 1})
+        dupes = repeated(route.name for route in self.models)
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         return self

@@ -18,42 +18,22 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tinyrun import LFWRAP, ROOT, Scratch, bare_train, in_scratch, timed  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["--dataset", "identity", "--max-samples", "8", "--max-new-tokens", "64"]
-
-
-def timed(command: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(command[:4])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return elapsed
 
 
 def by_hand(report: Path, models: list[str], work: Path, env: dict[str, str]) -> float:
     """`llamafactory-cli train` on each model's predict config from `report`, into fresh folders."""
-    from wrapper.launch.local import llamafactory_cli
-
     total = 0.0
     for model in models:
-        config = yaml.safe_load((report / f"{model}-predict" / "config.yaml").read_text(encoding="utf-8"))
-        folder = work / f"{report.name}-hand-{model}"
-        folder.mkdir()
-        config["output_dir"] = str(folder / "output")
-        (folder / "predict.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        total += timed([llamafactory_cli(), "train", "predict.yaml"], env, folder)
+        config = report / f"{model}-predict" / "config.yaml"
+        total += bare_train(config, work / f"{report.name}-hand-{model}", env, "predict.yaml")
     return total
 
 
@@ -61,25 +41,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     rounds = parser.parse_args().rounds
-    work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
-    try:
-        bench(work, rounds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    in_scratch("bench_eval_", lambda scratch: bench(scratch, rounds))
 
 
-def bench(work: Path, rounds: int) -> None:
-    env = {**os.environ, "LFWRAP_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
-    os.environ.update(LFWRAP_HOME=env["LFWRAP_HOME"])
-    from wrapper.demo import DEMO_TRAIN_SETS, prepare_identity_demo
-    from wrapper.demo_model import build_demo_model
-
-    model = build_demo_model(work / "tiny-llama")
-    dataset = prepare_identity_demo()
-    lfwrap = [sys.executable, "-m", "wrapper.cli.main"]
-    sets = [arg for item in DEMO_TRAIN_SETS for arg in ("--set", item)]
-    train = ["train", "-t", "sft_lora", "--model", str(model), "--dataset", dataset, *sets, "--name", "bench"]
-    timed([*lfwrap, *train], env, ROOT)
+def bench(scratch: Scratch, rounds: int) -> None:
+    work, env, lfwrap = scratch.work, scratch.env, LFWRAP
+    train = ["train", "-t", "sft_lora", "--model", str(scratch.model), "--dataset", scratch.dataset]
+    timed([*lfwrap, *train, *scratch.sets, "--name", "bench"], env, ROOT)
     compileall.compile_dir(ROOT / "wrapper", quiet=1)  # as pip compiled LLaMA-Factory's bytecode
 
     results: dict[str, tuple[list[float], list[float]]] = {"base+tuned": ([], []), "tuned only": ([], [])}

@@ -12,64 +12,25 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def timed(command: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(command[:4])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return elapsed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tinyrun import LFWRAP, ROOT, Scratch, bare_train, in_scratch, timed  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     rounds = parser.parse_args().rounds
-
-    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    try:
-        bench(work, rounds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    in_scratch("bench_train_", lambda scratch: bench(scratch, rounds))
 
 
-def bench(work: Path, rounds: int) -> None:
-    env = {**os.environ, "LFWRAP_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
-    os.environ.update(LFWRAP_HOME=env["LFWRAP_HOME"])
-    from wrapper.demo import DEMO_TRAIN_SETS, prepare_identity_demo
-    from wrapper.demo_model import build_demo_model
-    from wrapper.launch.local import llamafactory_cli
-
-    model = build_demo_model(work / "tiny-llama")
-    dataset = prepare_identity_demo()
-    sets = [arg for item in DEMO_TRAIN_SETS for arg in ("--set", item)]
-    lfwrap = [
-        sys.executable,
-        "-m",
-        "wrapper.cli.main",
-        "train",
-        "--template",
-        "sft_lora",
-        "--model",
-        str(model),
-        "--dataset",
-        dataset,
-        *sets,
-    ]
+def bench(scratch: Scratch, rounds: int) -> None:
+    work, env = scratch.work, scratch.env
+    lfwrap = [*LFWRAP, "train", "--template", "sft_lora", "--model", str(scratch.model)]
+    lfwrap += ["--dataset", scratch.dataset, *scratch.sets]
 
     # LLaMA-Factory runs from the bytecode pip compiled at install; give lfwrap's checkout the same, since
     # with PYTHONDONTWRITEBYTECODE set Python would otherwise recompile its sources on every start.
@@ -79,12 +40,7 @@ def bench(work: Path, rounds: int) -> None:
     for index in range(rounds):
         name = f"bench-{index}"
         wrapped.append(timed([*lfwrap, "--name", name], env, ROOT))
-        config = yaml.safe_load((work / "home" / "runs" / name / "config.yaml").read_text())
-        folder = work / f"bare-{index}"
-        folder.mkdir()
-        config["output_dir"] = str(folder / "output")  # the same config, a fresh output folder
-        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        bare.append(timed([llamafactory_cli(), "train", "config.yaml"], env, folder))
+        bare.append(bare_train(work / "home" / "runs" / name / "config.yaml", work / f"bare-{index}", env))
         print(
             f"round {index + 1}: lfwrap train {wrapped[-1]:.2f} s, bare llamafactory-cli {bare[-1]:.2f} s",
             flush=True,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from wrapper.launch.process import stop_group
 
 KEY = "lerning_rate"
 CONFIG = f"""\
@@ -81,9 +82,7 @@ def time_llamafactory(config: Path, env: dict[str, str], workdir: Path) -> float
             tail = (tail + [line])[-20:]
         raise SystemExit("llamafactory-cli exited without naming the key:\n" + "".join(tail))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc, grace=2)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from wrapper.errors import UsageError
 from wrapper.launch.distributed import DistributedOptions, apply, distributed_options, parse_gpus
-from wrapper.launch.docker_backend import DockerOptions, container_config, effective_mounts
+from wrapper.launch.docker_backend import DockerOptions
+from wrapper.launch.docker_paths import container_config, effective_mounts
 
 BASE = {"stage": "sft", "output_dir": "/x/out"}
 

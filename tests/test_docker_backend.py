@@ -22,14 +22,11 @@ from wrapper.errors import LaunchError
 from wrapper.launch.docker_backend import (
     DEFAULT_IMAGE,
     DockerOptions,
-    Mount,
-    container_config,
     container_spec,
-    effective_mounts,
     redact_spec,
-    standard_mounts,
     start_container,
 )
+from wrapper.launch.docker_paths import Mount, container_config, effective_mounts, standard_mounts
 
 COMMAND = ["llamafactory-cli", "train", "/app/run/config.yaml"]
 

@@ -15,7 +15,8 @@ from wrapper.evaluate.plan import plan_eval
 from wrapper.evaluate.report import marked, render_html
 from wrapper.home import models_dir
 from wrapper.launch import runs
-from wrapper.launch import train as launcher
+from wrapper.launch.configfile import read_config, write_config
+from wrapper.launch.plan import materialize, plan_run
 from wrapper.launch.progress import TrainerLog, sparkline
 
 CONFIG = {
@@ -38,9 +39,9 @@ def _model() -> Path:
 
 def _finished(name: str, status: str = "succeeded", **config: object) -> Path:
     """A run as training leaves it: the base model folder exists, output/ holds weights."""
-    run_dir = launcher.create_run(
+    run_dir = materialize(plan_run(
         {**CONFIG, "model_name_or_path": str(_model()), **config}, name=name, template="sft_lora"
-    )
+    ))
     (run_dir / "output").mkdir()
     (run_dir / "output" / "adapter_model.safetensors").write_bytes(b"")
     runs.update_meta(run_dir, status=status)
@@ -70,6 +71,28 @@ def test_plan_for_an_adapter_run_on_a_registered_dataset(lfwrap_home: Path) -> N
     ]
 
 
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
+def test_planning_writes_nothing_running_writes_the_datasets_info(lfwrap_home: Path) -> None:
+    from wrapper.evaluate.execute import write_plan
+
+    _finished("pure")
+    before = _tree(lfwrap_home)
+    assert not (lfwrap_home / "datasets" / "dataset_info.json").exists()
+    plan = plan_eval("pure", datasets="identity,alpaca_demo", max_samples=2)
+    assert _tree(lfwrap_home) == before  # no dataset_info.json, no report folder: planning is pure
+    with pytest.raises(DatasetError, match="'identiy' is not registered \\(did you mean 'identity'\\?\\)"):
+        plan_eval("pure", datasets="identiy")
+    assert _tree(lfwrap_home) == before
+    write_plan(plan)  # running the plan: LLaMA-Factory reads dataset_info.json from dataset_dir
+    info = json.loads((lfwrap_home / "datasets" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert {"identity", "alpaca_demo"} <= set(info)
+    assert plan.passes[0].config["dataset_dir"] == str(lfwrap_home / "datasets")
+    assert (plan.out / "jobs.json").is_file()
+
+
 def test_the_runs_own_split_is_reused(lfwrap_home: Path) -> None:
     _finished("split", val_size=0.2, seed=7, max_samples=100)
     plan = plan_eval("split")
@@ -86,9 +109,9 @@ def test_the_runs_own_split_is_reused(lfwrap_home: Path) -> None:
 
 def test_a_run_without_chat_template_keeps_llamafactorys_fallback(lfwrap_home: Path) -> None:
     run_dir = _finished("plain")
-    config = launcher.read_config(run_dir)
+    config = read_config(run_dir)
     del config["template"]
-    launcher.write_config(run_dir, config)
+    write_config(run_dir, config)
     assert all(item.config["template"] is None for item in plan_eval("plain", datasets="identity").passes)
 
 

@@ -21,6 +21,7 @@ from wrapper.finetune.settings import parse_settings
 from wrapper.finetune.store import Store
 from wrapper.finetune.worker import Worker
 from wrapper.launch import runs
+from wrapper.launch.process import process_identity
 
 ISSUE_YAML = """
 fine_tuning:
@@ -310,7 +311,7 @@ def test_restart_fails_an_interrupted_job_without_checkpoint(setup: tuple) -> No
     run_dir = create_job_run(store, settings, store.job(job["id"]))
     assert run_dir == runs.run_path(job["id"])  # a normal run folder, named after the job
     gone = subprocess.Popen(["sleep", "0"])
-    identity = runs.process_identity(gone.pid)
+    identity = process_identity(gone.pid)
     gone.wait()
     runs.update_meta(run_dir, status="running", pid=gone.pid, pgid=gone.pid, supervisor=identity)
     store.update_job(job["id"], status="running", private={"run_dir": str(run_dir)})
@@ -343,7 +344,7 @@ def test_queued_job_whose_run_was_already_made_is_followed_not_refused(setup: tu
     run_dir = create_job_run(store, settings, store.job(job["id"]))  # then the worker died
     alive = subprocess.Popen(["sleep", "30"], start_new_session=True)  # stands for its supervisor
     try:
-        identity = runs.process_identity(alive.pid)
+        identity = process_identity(alive.pid)
         runs.update_meta(run_dir, status="running", pid=alive.pid, pgid=alive.pid, supervisor=identity)
         worker = Worker(store, settings)
         worker.step()

@@ -19,6 +19,7 @@ from wrapper.finetune.jobs import create_job
 from wrapper.finetune.store import Store
 from wrapper.finetune.worker import Worker
 from wrapper.launch import runs
+from wrapper.launch.process import group_members
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +125,7 @@ def test_job_trains_then_pool_serves_the_fine_tuned_model(
             while pool.servers:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.5)
-            assert not runs.group_members(pid) and store.servers() == []
+            assert not group_members(pid) and store.servers() == []
             again = await pool.ensure(done["fine_tuned_model"])  # started anew, answering
             reply = await asyncio.to_thread(
                 OpenAI(base_url=f"{again}/v1", api_key=pool.api_key).chat.completions.create,
@@ -207,7 +208,7 @@ def test_restart_adopts_resumes_then_cancel_stops_everything(
     # the training dies while the gateway is down (frozen, then killed: a checkpoint may be half written)
     os.killpg(supervisor, signal.SIGSTOP)
     os.killpg(supervisor, signal.SIGKILL)
-    _wait(lambda: not runs.group_members(supervisor), "the killed group to go", 30)
+    _wait(lambda: not group_members(supervisor), "the killed group to go", 30)
     worker = Worker(Store(settings.database_path), settings)
     worker.recover()
     store = worker.store
@@ -233,7 +234,7 @@ def test_restart_adopts_resumes_then_cancel_stops_everything(
     pgid = runs.read_meta(run_dir).pgid
     cancelled = worker.cancel(first["id"])
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
-    assert pgid and runs.group_members(pgid) == [] and _no_process_mentions(str(run_dir))
+    assert pgid and group_members(pgid) == [] and _no_process_mentions(str(run_dir))
     assert runs.read_meta(run_dir).status == "cancelled"
     assert store.list_events(first["id"], None, 1)["data"][0]["message"] == "The job was cancelled"
     running = drive(worker, second["id"], ("running",))

@@ -17,7 +17,7 @@ from finetune_helpers import tiny_settings
 
 from wrapper.finetune.pool import ServingPool
 from wrapper.finetune.store import Store
-from wrapper.launch import runs
+from wrapper.launch.process import process_identity
 
 MODELS_SERVER = """
 import json, sys
@@ -60,7 +60,7 @@ def _server(model: str, key: str) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _record(store: Store, model: str, process: subprocess.Popen[bytes], url: str, key: str) -> None:
-    identity = {**(runs.process_identity(process.pid) or {}), "api_key": key}
+    identity = {**(process_identity(process.pid) or {}), "api_key": key}
     store.record_server(model, int(url.rsplit(":", 1)[1]), process.pid, identity, url)
 
 

@@ -21,8 +21,9 @@ from wrapper.launch.local import (
     llamafactory_cli,
     missing_modules,
     spawn,
-    stop_group,
 )
+from wrapper.launch.plan import materialize, plan_run
+from wrapper.launch.process import group_members, stop_group
 from wrapper.launch.progress import TrainerLog, error_lines
 
 HAND_CONFIG = {
@@ -80,7 +81,7 @@ def test_error_lines_pick_the_exception_not_the_traceback() -> None:
 
 
 def test_create_run_copies_the_datasets_and_fixes_paths(lfwrap_home: Path) -> None:
-    run_dir = launcher.create_run(HAND_CONFIG, name="hand", template="sft_lora", overrides=["a=1"])
+    run_dir = materialize(plan_run(HAND_CONFIG, name="hand", template="sft_lora", overrides=["a=1"]))
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["dataset_dir"] == str(run_dir)
     assert config["output_dir"] == str(run_dir / "output")
@@ -95,17 +96,17 @@ def test_create_run_copies_the_datasets_and_fixes_paths(lfwrap_home: Path) -> No
     assert meta.command == ["llamafactory-cli", "train", "config.yaml"]
     assert meta.llamafactory_version == "0.9.5"
     with pytest.raises(RunError, match="already exists"):
-        launcher.create_run(HAND_CONFIG, name="hand")
+        materialize(plan_run(HAND_CONFIG, name="hand"))
 
 
 def test_unknown_dataset_leaves_no_run_behind(lfwrap_home: Path) -> None:
     with pytest.raises(Exception, match="identiy"):
-        launcher.create_run({**HAND_CONFIG, "dataset": "identiy"}, name="typo")
+        materialize(plan_run({**HAND_CONFIG, "dataset": "identiy"}, name="typo"))
     assert not (lfwrap_home / "runs" / "typo").exists()
 
 
 def test_resume_needs_a_checkpoint(lfwrap_home: Path) -> None:
-    run_dir = launcher.create_run(HAND_CONFIG, name="r")
+    run_dir = materialize(plan_run(HAND_CONFIG, name="r"))
     runs.update_meta(run_dir, status="failed")
     with pytest.raises(RunError, match="no checkpoint-N"):
         launcher.prepare_resume(run_dir)
@@ -128,14 +129,14 @@ def test_missing_llamafactory_cli_says_how_to_install(monkeypatch: pytest.Monkey
 def test_stop_group_leaves_no_process(tmp_path: Path) -> None:
     script = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
     process = spawn([sys.executable, "-c", script], cwd=tmp_path, log_path=tmp_path / "log", env={})
-    while len(runs.group_members(process.pid)) < 2:  # the child and its grandchild
+    while len(group_members(process.pid)) < 2:  # the child and its grandchild
         assert process.poll() is None
     stop_group(process, grace=5)
-    assert runs.group_members(process.pid) == []
+    assert group_members(process.pid) == []
 
 
 def test_cancel_of_a_queued_run(lfwrap_home: Path) -> None:
-    run_dir = launcher.create_run(HAND_CONFIG, name="q")
+    run_dir = materialize(plan_run(HAND_CONFIG, name="q"))
     assert launcher.cancel_run(run_dir).status == "cancelled"
     with pytest.raises(RunError, match="already ended"):
         launcher.cancel_run(run_dir)
@@ -178,7 +179,7 @@ def test_cli_errors_are_one_sentence(lfwrap) -> None:
 
 def test_runs_table_lists_runs(lfwrap, lfwrap_home: Path) -> None:
     assert "No runs yet" in lfwrap("runs", check=True).stdout
-    launcher.create_run(HAND_CONFIG, name="listed", template="sft_lora")
+    materialize(plan_run(HAND_CONFIG, name="listed", template="sft_lora"))
     out = lfwrap("runs", check=True).stdout
     assert "listed" in out and "queued" in out and "sft_lora" in out
 
@@ -193,7 +194,7 @@ def test_supervisor_records_a_failed_launch(lfwrap_home: Path, monkeypatch: pyte
                                             tmp_path: Path) -> None:
     from wrapper.launch import supervisor
 
-    run_dir = launcher.create_run(HAND_CONFIG, name="nolf")
+    run_dir = materialize(plan_run(HAND_CONFIG, name="nolf"))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no llamafactory-cli anywhere
     monkeypatch.setenv("PATH", str(tmp_path))
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -208,7 +209,7 @@ def test_supervisor_records_a_failed_launch(lfwrap_home: Path, monkeypatch: pyte
 
 
 def test_runs_logs_prints_the_log_and_follow_stops_at_the_end(lfwrap, lfwrap_home: Path) -> None:
-    run_dir = launcher.create_run(HAND_CONFIG, name="logged")
+    run_dir = materialize(plan_run(HAND_CONFIG, name="logged"))
     (run_dir / "train.log").write_text("step one\nValueError: boom\n")
     runs.update_meta(run_dir, status="failed")
     proc = lfwrap("runs", "logs", "logged", "--follow", timeout=60)
@@ -257,14 +258,14 @@ def test_extras_are_looked_up_in_the_python_that_runs_llamafactory_cli(tmp_path:
 
 
 def test_runs_remove_deletes_finished_runs_only(lfwrap, lfwrap_home: Path, tmp_path: Path) -> None:
-    done = launcher.create_run(HAND_CONFIG, name="done")
+    done = materialize(plan_run(HAND_CONFIG, name="done"))
     (done / "output" / "adapter_model.safetensors").parent.mkdir(parents=True, exist_ok=True)
     (done / "output" / "adapter_model.safetensors").write_bytes(b"\0" * 2_000_000)
     runs.update_meta(done, status="succeeded", ended=runs.now())
-    elsewhere = launcher.create_run(HAND_CONFIG, name="elsewhere")
+    elsewhere = materialize(plan_run(HAND_CONFIG, name="elsewhere"))
     (tmp_path / "out").mkdir()
     runs.update_meta(elsewhere, status="failed", ended=runs.now(), output_dir=str(tmp_path / "out"))
-    queued = launcher.create_run(HAND_CONFIG, name="queued")
+    queued = materialize(plan_run(HAND_CONFIG, name="queued"))
 
     asked = lfwrap("runs", "remove", "done")  # no terminal to ask on: --yes is required
     assert asked.returncode == 1 and "add --yes to delete without asking" in asked.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
+from wrapper.launch.process import group_members
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def test_llamafactory_sigkilled_fails_the_run_with_reason_and_log(lfwrap, tiny_m
     run_dir = lfwrap_home / "runs" / "oom"
     meta = _wait_training(run_dir)
     assert meta.supervisor is not None
-    trainers = [pid for pid in runs.group_members(meta.pgid) if pid != meta.supervisor["pid"]]
+    trainers = [pid for pid in group_members(meta.pgid) if pid != meta.supervisor["pid"]]
     assert trainers
     for pid in trainers:  # as the kernel's out-of-memory killer would
         os.kill(pid, signal.SIGKILL)
@@ -53,7 +54,7 @@ def test_llamafactory_sigkilled_fails_the_run_with_reason_and_log(lfwrap, tiny_m
     log = (run_dir / "train.log").read_text()
     assert "killed by SIGKILL" in log and "llamafactory" in log.lower()
     deadline = time.monotonic() + 30
-    while runs.group_members(meta.pgid):  # the supervisor exits right after recording the end
+    while group_members(meta.pgid):  # the supervisor exits right after recording the end
         assert time.monotonic() < deadline
         time.sleep(0.1)
     shown = lfwrap("runs", check=True).stdout

@@ -20,6 +20,8 @@ from wrapper.errors import RunError
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
 from wrapper.launch.export import check_out_folder, export_run
+from wrapper.launch.plan import materialize, plan_run
+from wrapper.launch.process import group_alive, process_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {
@@ -70,11 +72,11 @@ def _bystander() -> subprocess.Popen[bytes]:
 def test_cancel_with_a_stale_meta_kills_nothing_and_shows_lost(
     lfwrap, lfwrap_home: Path, identity: str
 ):
-    run_dir = launcher.create_run(CONFIG, name="stale")
+    run_dir = materialize(plan_run(CONFIG, name="stale"))
     (run_dir / "train.log").write_text("step 1\n")
     bystander = _bystander()
     try:
-        real = runs.process_identity(bystander.pid)
+        real = process_identity(bystander.pid)
         assert real is not None
         recorded = {
             "none": None,
@@ -100,7 +102,7 @@ def test_cancel_with_a_stale_meta_kills_nothing_and_shows_lost(
 
 
 def test_runs_list_shows_a_stale_running_run_as_lost(lfwrap, lfwrap_home: Path):
-    run_dir = launcher.create_run(CONFIG, name="rebooted")
+    run_dir = materialize(plan_run(CONFIG, name="rebooted"))
     bystander = _bystander()
     try:
         runs.update_meta(run_dir, status="running", pid=bystander.pid, pgid=bystander.pid)
@@ -113,7 +115,7 @@ def test_runs_list_shows_a_stale_running_run_as_lost(lfwrap, lfwrap_home: Path):
 
 
 def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path: Path):
-    run_dir = launcher.create_run(CONFIG, name="orphan")
+    run_dir = materialize(plan_run(CONFIG, name="orphan"))
     cli = _stand_in(tmp_path, "sleep 300")
     supervisor = _supervise(run_dir, cli)
     _wait_for(lambda: runs.read_meta(run_dir).status == "running" and (run_dir / "train.log").stat().st_size,
@@ -132,7 +134,7 @@ def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path
     try:
         meta = launcher.cancel_run(run_dir, grace=5)
         assert meta.error[-1] == "`lfwrap runs cancel` stopped 2 leftover process(es)."  # bash and sleep
-        assert not runs.group_alive(supervisor.pid) and bystander.poll() is None
+        assert not group_alive(supervisor.pid) and bystander.poll() is None
     finally:
         bystander.kill()
         bystander.wait()
@@ -140,17 +142,17 @@ def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path
 
 
 def test_cancel_verifies_and_stops_a_live_supervisor(lfwrap_home: Path, tmp_path: Path):
-    run_dir = launcher.create_run(CONFIG, name="live")
+    run_dir = materialize(plan_run(CONFIG, name="live"))
     supervisor = _supervise(run_dir, _stand_in(tmp_path, "sleep 300"))
     _wait_for(lambda: runs.read_meta(run_dir).status == "running", "the run to start")
     meta = runs.read_meta(run_dir)
-    assert meta.supervisor == runs.process_identity(supervisor.pid)
+    assert meta.supervisor == process_identity(supervisor.pid)
     assert launcher.cancel_run(run_dir, grace=5).status == "cancelled"
-    assert supervisor.wait(timeout=30) == 1 and not runs.group_alive(supervisor.pid)
+    assert supervisor.wait(timeout=30) == 1 and not group_alive(supervisor.pid)
 
 
 def test_llamafactory_killed_by_sigkill_fails_the_run_with_the_reason(lfwrap_home: Path, tmp_path: Path):
-    run_dir = launcher.create_run(CONFIG, name="killed")
+    run_dir = materialize(plan_run(CONFIG, name="killed"))
     cli = _stand_in(tmp_path, "echo 'step 3/10 loss 1.2'\nkill -KILL $$")
     assert _supervise(run_dir, cli).wait(timeout=60) == 1
     meta = runs.read_meta(run_dir)
@@ -162,7 +164,7 @@ def test_llamafactory_killed_by_sigkill_fails_the_run_with_the_reason(lfwrap_hom
 
 def test_sighup_does_not_stop_the_run(lfwrap_home: Path, tmp_path: Path):
     """A closed terminal: the followed run goes on and records its end (README, "Train, follow, serve")."""
-    run_dir = launcher.create_run(CONFIG, name="hup")
+    run_dir = materialize(plan_run(CONFIG, name="hup"))
     flag = tmp_path / "go"
     supervisor = _supervise(run_dir, _stand_in(tmp_path, f"while [ ! -e {flag} ]; do sleep 0.05; done"))
     _wait_for(lambda: runs.read_meta(run_dir).status == "running", "the run to start")
@@ -175,7 +177,7 @@ def test_sighup_does_not_stop_the_run(lfwrap_home: Path, tmp_path: Path):
 
 
 def _finished_with_checkpoint(name: str) -> Path:
-    run_dir = launcher.create_run(CONFIG, name=name)
+    run_dir = materialize(plan_run(CONFIG, name=name))
     (Path(runs.read_meta(run_dir).output_dir) / "checkpoint-2").mkdir(parents=True)
     runs.update_meta(run_dir, status="failed", ended=runs.now())
     return run_dir
@@ -223,7 +225,7 @@ def test_of_concurrent_resumes_exactly_one_wins(lfwrap_home: Path):
 
 
 def test_export_out_refuses_a_non_empty_folder(lfwrap, lfwrap_home: Path, tmp_path: Path):
-    run_dir = launcher.create_run(CONFIG, name="done")
+    run_dir = materialize(plan_run(CONFIG, name="done"))
     runs.update_meta(run_dir, status="succeeded")
     out = tmp_path / "merged"
     out.mkdir()

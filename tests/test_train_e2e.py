@@ -13,6 +13,8 @@ from fixtures_models import IdentityRun
 
 from wrapper.launch import runs
 from wrapper.launch import train as launcher
+from wrapper.launch.plan import materialize, plan_run
+from wrapper.launch.process import group_members
 from wrapper.render import render_template
 
 pytestmark = pytest.mark.e2e
@@ -86,14 +88,14 @@ def test_cancel_a_detached_run(lfwrap, tiny_model: Path, lfwrap_home: Path) -> N
         time.sleep(0.5)
     meta = runs.read_meta(run_dir)
     assert meta.status == "running" and meta.pgid
-    assert len(runs.group_members(meta.pgid)) >= 2  # the supervisor and LLaMA-Factory
+    assert len(group_members(meta.pgid)) >= 2  # the supervisor and LLaMA-Factory
 
     proc = lfwrap("runs", "cancel", "long")
     assert proc.returncode == 0, proc.stderr
     assert "Run long is cancelled." in proc.stdout
     meta = runs.read_meta(run_dir)
     assert meta.status == "cancelled" and meta.ended
-    assert runs.group_members(meta.pgid) == []
+    assert group_members(meta.pgid) == []
     for pid in os.listdir("/proc"):  # nothing of this run left anywhere, in any group
         if pid.isdigit():
             try:
@@ -115,7 +117,7 @@ def test_missing_data_file_fails_with_the_error_line(lfwrap_home: Path, tiny_mod
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rendered = render_template("sft_lora", ["template=default", "cutoff_len=128"],
                                extra={"model_name_or_path": str(tiny_model), "dataset": "alpaca_demo"})
-    run_dir = launcher.create_run(rendered.data, name="broken", template="sft_lora")
+    run_dir = materialize(plan_run(rendered.data, name="broken", template="sft_lora"))
     (run_dir / "data" / "alpaca_demo" / "alpaca_demo.json").unlink()  # the data vanished before launch
     outcome = launcher.follow(run_dir, process=launcher.launch(run_dir))
     meta = outcome.meta

@@ -51,30 +51,52 @@ def test_export_data_dir_is_portable_and_keeps_user_datasets(lfwrap, tmp_path: P
         assert (out / entry["file_name"]).is_file(), name
 
 
-def test_docker_spec_matches_the_compose_webui(lfwrap_home: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def _binds(host_config: dict) -> list[str]:
+    """The Engine API's bind mounts written as `docker run -v` would: source:target:ro|rw."""
+    mounts = host_config["Mounts"]
+    return sorted(f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}" for m in mounts)
+
+
+def test_docker_spec_matches_the_compose_webui(lfwrap_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_x7Kq2")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    spec = webui.docker_spec(image="hiyouga/llamafactory:0.9.5", host="127.0.0.1", port=7861,
-                             data_dir=tmp_path / "d", bundled_dir=tmp_path / "b", saves=tmp_path / "s",
-                             hf_cache=tmp_path / "hf")
-    assert spec["image"] == "hiyouga/llamafactory:0.9.5"
-    assert spec["command"] == ["llamafactory-cli", "webui"]
-    assert spec["working_dir"] == "/app" and spec["ipc_mode"] == "host"
-    assert spec["ports"] == {"7860/tcp": ("127.0.0.1", 7861)}
-    assert spec["environment"] == {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7860",
-                                   "GRADIO_ANALYTICS_ENABLED": "False", "HF_TOKEN": "hf_x7Kq2"}
-    assert spec["volumes"] == {
-        str(tmp_path / "d"): {"bind": "/app/data", "mode": "ro"},
-        str(tmp_path / "b"): {"bind": "/app/data/bundled", "mode": "ro"},
-        str(tmp_path / "s"): {"bind": "/app/saves", "mode": "rw"},
-        str(tmp_path / "hf"): {"bind": "/root/.cache/huggingface", "mode": "rw"},
-    }
-    [gpus] = spec["device_requests"]
+    data, saves, hf = (lfwrap_home / "d", lfwrap_home / "s", lfwrap_home.parent / "hf")
+    for folder in (data, saves):
+        folder.mkdir()
+    setup = dict(image="hiyouga/llamafactory:0.9.5", host="127.0.0.1", port=7861, data_dir=data, saves=saves,
+                 hf_cache=hf)
+    spec = webui.docker_spec(*webui.docker_setup(**setup))
+    assert spec["Image"] == "hiyouga/llamafactory:0.9.5"
+    assert spec["Cmd"] == ["llamafactory-cli", "webui"]
+    assert spec["WorkingDir"] == "/app" and spec["HostConfig"]["IpcMode"] == "host"
+    assert spec["HostConfig"]["PortBindings"] == {"7860/tcp": [{"HostIp": "127.0.0.1", "HostPort": "7861"}]}
+    assert dict(item.split("=", 1) for item in spec["Env"]) == {
+        "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7860", "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_TOKEN": "hf_x7Kq2", "HF_HOME": "/root/.cache/huggingface"}
+    assert _binds(spec["HostConfig"]) == sorted([
+        f"{data}:/app/data:ro",
+        f"{home.bundled_datasets_dir().resolve()}:/app/data/bundled:ro",
+        f"{saves}:/app/saves:rw",
+        f"{hf}:/root/.cache/huggingface:rw",
+    ])
+    [gpus] = spec["HostConfig"]["DeviceRequests"]
     assert (gpus["Count"], gpus["Capabilities"]) == (-1, [["gpu"]])
-    no_gpu = webui.docker_spec(image="i", host="127.0.0.1", port=1, data_dir=tmp_path, bundled_dir=tmp_path,
-                               saves=tmp_path, hf_cache=tmp_path, gpus=False)
-    assert "device_requests" not in no_gpu
+    no_gpu = webui.docker_spec(*webui.docker_setup(**setup, gpus=False))
+    assert "DeviceRequests" not in no_gpu["HostConfig"]
+
+
+def test_docker_spec_keeps_the_backends_mount_checks(lfwrap_home: Path, tmp_path: Path) -> None:
+    (lfwrap_home / "s").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    setup = webui.docker_setup(image="i", host="127.0.0.1", port=1, data_dir=outside, saves=lfwrap_home / "s",
+                               hf_cache=lfwrap_home.parent / "hf")
+    with pytest.raises(LaunchError, match=f"Refusing to mount {outside} into the container"):
+        webui.docker_spec(*setup)
+    home_cache = webui.docker_setup(image="i", host="127.0.0.1", port=1, data_dir=lfwrap_home / "s",
+                                    saves=lfwrap_home / "s", hf_cache=Path.home())
+    with pytest.raises(LaunchError, match="Refusing to mount the Hugging Face cache"):
+        webui.docker_spec(*home_cache)
 
 
 def _free_port() -> int:
@@ -97,7 +119,7 @@ def test_docker_backend_through_the_sdk(engine: EngineStandIn, lfwrap_home: Path
     assert host["IpcMode"] == "host"
     assert host["PortBindings"] == {"7860/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
     data_dir = lfwrap_home / "webui" / "docker-data"
-    assert sorted(host["Binds"]) == sorted([
+    assert _binds(host) == sorted([
         f"{data_dir}:/app/data:ro",
         f"{home.bundled_datasets_dir().resolve()}:/app/data/bundled:ro",
         f"{lfwrap_home / 'saves'}:/app/saves:rw",

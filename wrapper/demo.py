@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,7 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     from wrapper.cli.train_cmd import follow_in_terminal
     from wrapper.launch import runs
     from wrapper.launch import train as launcher
+    from wrapper.launch.plan import materialize, plan_run
     from wrapper.render import render_template
 
     rendered = render_template(
@@ -91,28 +94,59 @@ def step_train(model: Path, dataset: str, name: str = "demo-conch") -> Path:
     run_dir = runs.run_path(name)
     if run_dir.exists():
         launcher.discard_run(run_dir)
-    run_dir = launcher.create_run(
-        rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS)
-    )
+    plan = plan_run(rendered.data, name=name, template="sft_lora", overrides=list(DEMO_TRAIN_SETS))
+    run_dir = materialize(plan)
     follow_in_terminal(run_dir, launcher.launch(run_dir))
     return run_dir
 
 
-def step_gateway(upstream_url: str, upstream_key: str, model: Path) -> tuple[Any, str]:
-    """Start the gateway (free port, background thread) routing MODEL_NAME to the API server, and
-    create a caller key for it; returns the running gateway and the key."""
+def step_gateway(
+    upstream_url: str, upstream_key: str, key_name: str = "demo", **route: Any
+) -> tuple[Any, str]:
+    """Start the gateway (free port, background thread) routing MODEL_NAME to the API server (`route`:
+    more of its ModelRoute keys, e.g. tokenizer or rag), and create a caller key for it; returns the
+    running gateway and the key."""
     from pydantic import SecretStr
 
     from wrapper.gateway.keys import KeyStore
     from wrapper.gateway.server import start_background
     from wrapper.gateway.settings import GatewaySettings, ModelRoute
 
-    route = ModelRoute(
-        name=MODEL_NAME, upstream=upstream_url, upstream_key=SecretStr(upstream_key), tokenizer=model
-    )
-    settings = GatewaySettings(models=[route], port=0, access_log=False)
-    _, key = KeyStore(settings.keys_path()).create(models=[MODEL_NAME], name="demo")
+    fields = {"name": MODEL_NAME, "upstream": upstream_url, "upstream_key": SecretStr(upstream_key), **route}
+    settings = GatewaySettings(models=[ModelRoute.model_validate(fields)], port=0, access_log=False)
+    _, key = KeyStore(settings.keys_path()).create(models=[MODEL_NAME], name=key_name)
     return start_background(settings), key
+
+
+@contextmanager
+def served(
+    run_dir: Path, key_name: str, on_served: Callable[[str], None], **route: Any
+) -> Iterator[tuple[str, str]]:
+    """The run served by LLaMA-Factory's API server behind a key of its own (`on_served` sees its URL),
+    the gateway in front of it: (the gateway's base URL, a caller key). Both stop on leaving."""
+    import secrets
+
+    from wrapper.launch.serve import serve_run
+
+    upstream_key = secrets.token_urlsafe(24)
+    with serve_run(run_dir.name, port=free_port(), api_key=upstream_key) as server:
+        on_served(server.url)
+        gateway, key = step_gateway(server.url, upstream_key, key_name, **route)
+        with gateway:
+            yield gateway.base_url, key
+
+
+def run_steps(steps: Callable[[], None]) -> int:
+    """Run a demo's steps offline; a problem ends it with one line on stderr and exit status 1."""
+    from wrapper.errors import LfwrapError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        steps()
+    except LfwrapError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def step_ask(base_url: str, key: str, question: str = QUESTION) -> str:
@@ -143,34 +177,27 @@ def free_port(preferred: int = 8000) -> int:
 
 
 def main() -> int:
-    import secrets
+    return run_steps(_steps)
 
-    from wrapper.errors import LfwrapError
-    from wrapper.launch.serve import serve_run
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        print("1/6 building the tiny demo model ...", flush=True)
-        model = step_model()
-        print(f"2/6 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)
-        dataset = prepare_identity_demo()
-        print("3/6 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
-        run_dir = step_train(model, dataset)
-        print("4/6 starting LLaMA-Factory's API server ...", flush=True)
-        upstream_key = secrets.token_urlsafe(24)
-        with serve_run(run_dir.name, port=free_port(), api_key=upstream_key) as server:
-            print(f"    LLaMA-Factory API server at {server.url}", flush=True)
-            print("5/6 starting the gateway with a new key ...", flush=True)
-            gateway, key = step_gateway(server.url, upstream_key, model)
-            with gateway:
-                print(f"    gateway at {gateway.base_url} (model {MODEL_NAME!r})", flush=True)
-                print(f"6/6 asking through the gateway with the openai client: {QUESTION}", flush=True)
-                answer = step_ask(gateway.base_url, key)
-        print(f"Answer: {answer}", flush=True)
-    except LfwrapError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+def _steps() -> None:
+    print("1/6 building the tiny demo model ...", flush=True)
+    model = step_model()
+    print(f"2/6 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)
+    dataset = prepare_identity_demo()
+    print("3/6 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
+    run_dir = step_train(model, dataset)
+    print("4/6 starting LLaMA-Factory's API server ...", flush=True)
+
+    def on_served(url: str) -> None:
+        print(f"    LLaMA-Factory API server at {url}", flush=True)
+        print("5/6 starting the gateway with a new key ...", flush=True)
+
+    with served(run_dir, "demo", on_served, tokenizer=model) as (base_url, key):
+        print(f"    gateway at {base_url} (model {MODEL_NAME!r})", flush=True)
+        print(f"6/6 asking through the gateway with the openai client: {QUESTION}", flush=True)
+        answer = step_ask(base_url, key)
+    print(f"Answer: {answer}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ is what retrieval adds; a real model answers from it.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,9 @@ from wrapper.demo import (
     MODEL_NAME,
     NAME,
     QUESTION,
-    free_port,
     prepare_identity_demo,
+    run_steps,
+    served,
     step_model,
     step_train,
 )
@@ -42,22 +42,6 @@ def step_index() -> str:
 
     index_paths(LocalTarget(rag_dir() / INDEX), INDEX, [bundled_rag_docs_dir()])
     return INDEX
-
-
-def step_gateway(upstream_url: str, upstream_key: str) -> tuple[Any, str]:
-    """The gateway (free port, background thread) with MODEL_NAME on a rag route, and a caller key."""
-    from pydantic import SecretStr
-
-    from wrapper.gateway.keys import KeyStore
-    from wrapper.gateway.server import start_background
-    from wrapper.gateway.settings import GatewaySettings, ModelRoute
-
-    route = ModelRoute.model_validate(
-        {"name": MODEL_NAME, "upstream": upstream_url, "upstream_key": SecretStr(upstream_key), "rag": RAG}
-    )
-    settings = GatewaySettings(models=[route], port=0, access_log=False)
-    _, key = KeyStore(settings.keys_path()).create(models=[MODEL_NAME], name="demo-rag")
-    return start_background(settings), key
 
 
 def ask(base_url: str, key: str, question: str, rag: bool) -> tuple[str, list[dict[str, Any]]]:
@@ -90,44 +74,37 @@ def source_texts(base_url: str, key: str, question: str) -> dict[str, str]:
 
 
 def main() -> int:
-    import secrets
+    return run_steps(_steps)
 
-    from wrapper.errors import LfwrapError
-    from wrapper.launch.serve import serve_run
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        print("1/8 building the tiny demo model ...", flush=True)
-        model: Path = step_model()
-        print(f"2/8 filling the identity set with {NAME} ...", flush=True)
-        dataset = prepare_identity_demo()
-        print("3/8 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
-        run_dir = step_train(model, dataset)
-        print(f"4/8 indexing the bundled Krusty Krab documents as {INDEX!r} ...", flush=True)
-        step_index()
-        print("5/8 starting LLaMA-Factory's API server ...", flush=True)
-        upstream_key = secrets.token_urlsafe(24)
-        with serve_run(run_dir.name, port=free_port(), api_key=upstream_key) as server:
-            print(f"6/8 starting the gateway: model {MODEL_NAME!r} grounded in {INDEX!r} ...", flush=True)
-            gateway, key = step_gateway(server.url, upstream_key)
-            with gateway:
-                print(f"7/8 fine-tuning: {QUESTION} (retrieval off)", flush=True)
-                identity, _ = ask(gateway.base_url, key, QUESTION, rag=False)
-                print(f"    Answer: {identity}", flush=True)
-                print(f"8/8 retrieval: {MENU_QUESTION}", flush=True)
-                answer, sources = ask(gateway.base_url, key, MENU_QUESTION, rag=True)
-                texts = source_texts(gateway.base_url, key, MENU_QUESTION)
-        print(f"    Model's answer (the tiny model cannot use its context; a real one would): {answer}")
-        if not sources:
-            print("    No source was retrieved.")
-        for source in sources:
-            print(f"    Source [{source['id']}] ({source['source']}, score {source['score']}):")
-            for line in texts.get(str(source["id"]), "").splitlines():
-                print(f"      {line}")
-    except LfwrapError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+def _steps() -> None:
+    print("1/8 building the tiny demo model ...", flush=True)
+    model: Path = step_model()
+    print(f"2/8 filling the identity set with {NAME} ...", flush=True)
+    dataset = prepare_identity_demo()
+    print("3/8 training sft_lora (LoRA, 150 epochs on the CPU) ...", flush=True)
+    run_dir = step_train(model, dataset)
+    print(f"4/8 indexing the bundled Krusty Krab documents as {INDEX!r} ...", flush=True)
+    step_index()
+    print("5/8 starting LLaMA-Factory's API server ...", flush=True)
+
+    def on_served(url: str) -> None:
+        print(f"6/8 starting the gateway: model {MODEL_NAME!r} grounded in {INDEX!r} ...", flush=True)
+
+    with served(run_dir, "demo-rag", on_served, rag=RAG) as (base_url, key):
+        print(f"7/8 fine-tuning: {QUESTION} (retrieval off)", flush=True)
+        identity, _ = ask(base_url, key, QUESTION, rag=False)
+        print(f"    Answer: {identity}", flush=True)
+        print(f"8/8 retrieval: {MENU_QUESTION}", flush=True)
+        answer, sources = ask(base_url, key, MENU_QUESTION, rag=True)
+        texts = source_texts(base_url, key, MENU_QUESTION)
+    print(f"    Model's answer (the tiny model cannot use its context; a real one would): {answer}")
+    if not sources:
+        print("    No source was retrieved.")
+    for source in sources:
+        print(f"    Source [{source['id']}] ({source['source']}, score {source['score']}):")
+        for line in texts.get(str(source["id"]), "").splitlines():
+            print(f"      {line}")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ LLaMA-Factory key, else like its default) or adds/replaces any other key the sch
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper import home
 from wrapper.errors import ConfigError, Problem, UsageError
+from wrapper.fileio import write_atomic
+from wrapper.pydantic_errors import fields_at, loc_text
+from wrapper.suggest import PAREN_CODE, did_you_mean
 from wrapper.yamlload import safe_load
 
 SUFFIX = ".yaml.j2"
@@ -167,11 +168,6 @@ class _Meta(BaseModel):
     variables: dict[str, _VarDecl] = {}
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean `{match[0]}`?)" if match else ""
-
-
 def _template_files(subdir: str, suffix: str) -> dict[str, Path]:
     """name -> file, the user's templates replacing bundled ones of the same name."""
     found: dict[str, Path] = {}
@@ -201,10 +197,12 @@ def _read_info(name: str, path: Path) -> TemplateInfo:
     except ValidationError as exc:
         messages = []
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
+            where = loc_text(error["loc"])
             if error["type"] == "extra_forbidden":
-                allowed = list(_VarDecl.model_fields) if len(error["loc"]) > 1 else list(_Meta.model_fields)
-                messages.append(f"unknown key `{where}`{_did_you_mean(str(error['loc'][-1]), allowed)}")
+                allowed = fields_at(_Meta, error["loc"])
+                messages.append(
+                    f"unknown key `{where}`{did_you_mean(str(error['loc'][-1]), allowed, PAREN_CODE)}"
+                )
             else:
                 messages.append(f"`{where}`: {error['msg'].lower()}")
         raise _meta_problem(path, "; ".join(messages)) from None
@@ -224,7 +222,7 @@ def get_template(name: str) -> TemplateInfo:
     files = _template_files("", SUFFIX)
     if name not in files:
         raise UsageError(
-            f"Unknown template `{name}`{_did_you_mean(name, sorted(files))}; "
+            f"Unknown template `{name}`{did_you_mean(name, sorted(files), PAREN_CODE)}; "
             "run `lfwrap templates` to list them."
         )
     return _read_info(name, files[name])
@@ -242,7 +240,7 @@ def render_deepspeed(name: str) -> dict[str, Any]:
     files = _template_files("deepspeed", DS_SUFFIX)
     if name not in files:
         raise UsageError(
-            f"Unknown DeepSpeed preset `{name}`{_did_you_mean(name, sorted(files))}; "
+            f"Unknown DeepSpeed preset `{name}`{did_you_mean(name, sorted(files), PAREN_CODE)}; "
             f"choose one of {', '.join(sorted(files))}."
         )
     path = files[name]
@@ -260,14 +258,8 @@ def write_deepspeed(name: str, folder: Path) -> Path:
     """Write preset `name` to folder/ds_NAME.json (atomically) and return the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ds_{name}.json"
-    _write_atomic(path, json.dumps(render_deepspeed(name), indent=2) + "\n")
+    write_atomic(path, json.dumps(render_deepspeed(name), indent=2) + "\n")
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- --set
@@ -375,7 +367,7 @@ def render_template(
             candidates = sorted(set(values) | set(schema.fields))
             raise UsageError(
                 f"--set {key}={raw}: `{key}` is neither a variable of template `{name}` nor a "
-                f"LLaMA-Factory {schema.version} key{_did_you_mean(key, candidates)}; "
+                f"LLaMA-Factory {schema.version} key{did_you_mean(key, candidates, PAREN_CODE)}; "
                 f"run `lfwrap templates show {name}` to see its variables."
             )
         if not isinstance(raw, str):

@@ -6,7 +6,6 @@ reading it here needs nothing but the standard library, so validation starts ins
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapper.errors import UsageError
+from wrapper.suggest import PAREN_CODE, closest, did_you_mean
 
 SCHEMA_VERSION = "0.9.5"
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema_data"
@@ -56,7 +56,7 @@ class FieldSpec:
         if not _fits(self.type, value):
             return f"`{self.name}` must be {self.describe()}, got {type(value).__name__} {value!r}"
         if self.choices is not None and value not in self.choices:
-            hint = _did_you_mean(str(value), [str(c) for c in self.choices])
+            hint = did_you_mean(str(value), [str(c) for c in self.choices], PAREN_CODE)
             allowed = ", ".join(str(c) for c in self.choices)
             return f"`{self.name}` must be one of {allowed}; got {value!r}{hint}"
         return None
@@ -82,11 +82,6 @@ def _sentence(message: str) -> str:
     return message if message.endswith((".", "?", "!")) else message + "."
 
 
-def _did_you_mean(word: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean `{match[0]}`?)" if match else ""
-
-
 @dataclass(frozen=True, eq=False)  # hashed by identity: load_schema() returns one per version
 class Schema:
     version: str
@@ -99,12 +94,10 @@ class Schema:
 
     def suggest(self, name: str) -> str | None:
         """The closest known key to a misspelled one, or None."""
-        match = difflib.get_close_matches(name, list(self.fields), n=1, cutoff=0.6)
-        return match[0] if match else None
+        return closest(name, self.fields)
 
     def suggest_template(self, name: str) -> str | None:
-        match = difflib.get_close_matches(name, self.templates, n=1, cutoff=0.6)
-        return match[0] if match else None
+        return closest(name, self.templates)
 
     def unknown_key_message(self, name: str) -> str:
         guess = self.suggest(name)

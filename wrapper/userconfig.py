@@ -6,7 +6,7 @@ The file is read like llamafactory-cli reads it (OmegaConf scalars; safely), `--
 are typed by the schema snapshot (like llamafactory-cli's `key=value` arguments), everything is
 validated (rows of the local datasets included, unless data_check=False), and every relative path is
 made absolute against the working directory, where llamafactory-cli would have resolved it. The run
-then goes through the same run creation as a template (wrapper.launch.train.create_run).
+then goes through the same run creation as a template (wrapper.launch.plan: plan_run, then materialize).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ but safely: no Python tags, duplicate keys reported instead of silently keeping 
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from wrapper import lfpaths
 from wrapper.errors import DatasetError, Problem
 from wrapper.schema import Schema, load_schema
+from wrapper.suggest import closest
 
 # Stages whose data LLaMA-Factory loads as preference pairs: dpo and rm call get_dataset(stage="rm"),
 # which refuses a dataset without `ranking: true` (llamafactory/data/loader.py _get_merged_dataset).
@@ -379,9 +379,9 @@ def _check_datasets(
     for key, name in used:
         entry = info.get(name)
         if entry is None:
-            guess = difflib.get_close_matches(name, list(info), n=1, cutoff=0.6)
+            guess = closest(name, info)
             known = ", ".join(sorted(info)) or "none"
-            hint = f"; did you mean `{guess[0]}`?" if guess else f"; it has: {known}"
+            hint = f"; did you mean `{guess}`?" if guess else f"; it has: {known}"
             problems.append(at.error(f"dataset `{name}` is not in {info_path}{hint}", key))
             continue
         stage_problem = _stage_problem(stage, name, entry)

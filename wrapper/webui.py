@@ -6,6 +6,9 @@ resumes from), `llamaboard_cache/` and `llamaboard_config/`. So the local backen
 prepared under $LFWRAP_HOME/webui, where `data` is a symlink to the prepared datasets folder and `saves`
 a symlink to $LFWRAP_HOME/saves.
 
+Both start through lfwrap's backends (wrapper.launch.local, wrapper.launch.docker_backend), as training
+does: one way to find llamafactory-cli, to stop a process group, to check what a container may mount.
+
 A container cannot follow host symlinks or absolute host paths, so the Docker backend (and the compose
 file) use a portable data folder instead: `export_data_dir` writes a dataset_info.json whose bundled
 entries point into `bundled/` (the bundled datasets folder is mounted there) and copies user datasets
@@ -15,27 +18,29 @@ into `user/`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from wrapper import home as lfhome
 from wrapper.errors import LaunchError, UsageError
+from wrapper.launch.process import stop_group
+
+if TYPE_CHECKING:
+    from wrapper.launch.docker_backend import DockerHandle, DockerOptions
+    from wrapper.launch.docker_paths import Mount
 
 DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
 DEFAULT_PORT = 7860
 CONTAINER_WORKDIR = "/app"  # WORKDIR of LLaMA-Factory's docker/docker-cuda/Dockerfile
-CONTAINER_HF_CACHE = "/root/.cache/huggingface"
+COMMAND = ["llamafactory-cli", "webui"]
 CONTAINER_LABEL = "lfwrap.webui"
 
 
@@ -118,28 +123,15 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def llamafactory_cli() -> str:
-    beside = Path(sys.executable).parent / "llamafactory-cli"
-    found = str(beside) if beside.exists() else shutil.which("llamafactory-cli")
-    if not found:
-        raise LaunchError(
-            "llamafactory-cli is not installed in this environment; install it with "
-            "`pip install 'lfwrap[local]'` or use --backend docker."
-        )
-    return found
-
-
-def local_env(host: str, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env.update(
-        GRADIO_SERVER_NAME=host,
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        GRADIO_SHARE="false",
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+def local_env(host: str, port: int) -> dict[str, str]:
+    """What the local web UI gets on top of the environment (wrapper.launch.local.child_env)."""
+    return {
+        "GRADIO_SERVER_NAME": host,
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_SHARE": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 @dataclass
@@ -150,33 +142,25 @@ class WebUI:
     backend: str
     log: Path | None = None
     process: subprocess.Popen[bytes] | None = None
-    container: Any = None
+    container: DockerHandle | None = None
     _stopped: bool = field(default=False, repr=False)
 
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
         if self.container is not None:
-            self.container.reload()
-            return bool(self.container.attrs.get("State", {}).get("Running"))
+            return self.container.running()
         return False
 
     def stop(self, grace: float = 10.0) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None:
             # The web UI starts trainings as its own children: stop the whole process group.
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
+            stop_group(self.process, grace=grace)
         if self.container is not None:
-            self.container.stop(timeout=int(grace))
+            self.container.stop(timeout=grace)
             self.container.remove()
 
 
@@ -186,107 +170,94 @@ def _url(host: str, port: int) -> str:
 
 
 def start_local(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> WebUI:
-    """Start `llamafactory-cli webui` in the prepared working directory (CPU or local GPUs)."""
+    """Start `llamafactory-cli webui` in the prepared working directory (CPU or local GPUs), through the
+    local backend: its own process group, output to webui.log."""
+    from wrapper.launch.local import llamafactory_cli, spawn
+
     check_port_free(host, port)
     cli = llamafactory_cli()
     workdir = prepare_workdir()
     log = workdir / "webui.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [cli, "webui"],
-            cwd=workdir,
-            env=local_env(host, port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    log.write_bytes(b"")  # this start's output only
+    process = spawn([cli, "webui"], cwd=workdir, log_path=log, env=local_env(host, port))
     return WebUI(url=_url(host, port), backend="local", log=log, process=process)
 
 
-def docker_spec(
-    *,
-    image: str,
-    host: str,
-    port: int,
-    data_dir: Path,
-    bundled_dir: Path,
-    saves: Path,
-    hf_cache: Path,
-    gpus: bool = True,
-) -> dict[str, Any]:
-    """Keyword arguments for docker's `containers.run` that start LLaMA Board like the compose `webui`."""
-    import docker.types
+def docker_setup(
+    *, image: str, host: str, port: int, data_dir: Path, saves: Path, hf_cache: Path, gpus: bool = True
+) -> tuple[DockerOptions, list[Mount], dict[str, str]]:
+    """The Docker backend's options, mounts and environment that start LLaMA Board like the compose
+    `webui`: the portable data folder at /app/data with the bundled datasets at /app/data/bundled
+    (read-only), saves at /app/saves and the Hugging Face cache (read-write)."""
+    from wrapper.launch.docker_backend import DockerOptions
+    from wrapper.launch.docker_paths import Mount
 
-    spec: dict[str, Any] = {
-        "image": image,
-        "command": ["llamafactory-cli", "webui"],
-        "detach": True,
-        "working_dir": CONTAINER_WORKDIR,
-        "environment": {
-            "GRADIO_SERVER_NAME": "0.0.0.0",
-            "GRADIO_SERVER_PORT": str(DEFAULT_PORT),
-            "GRADIO_ANALYTICS_ENABLED": "False",
-        },
-        "ports": {f"{DEFAULT_PORT}/tcp": (host, port)},
-        "ipc_mode": "host",
-        "volumes": {
-            str(data_dir): {"bind": f"{CONTAINER_WORKDIR}/data", "mode": "ro"},
-            str(bundled_dir): {"bind": f"{CONTAINER_WORKDIR}/data/bundled", "mode": "ro"},
-            str(saves): {"bind": f"{CONTAINER_WORKDIR}/saves", "mode": "rw"},
-            str(hf_cache): {"bind": CONTAINER_HF_CACHE, "mode": "rw"},
-        },
-        "labels": {CONTAINER_LABEL: "1"},
+    options = DockerOptions(
+        image=image,
+        gpus="all" if gpus else None,
+        hf_cache=hf_cache,
+        ports={DEFAULT_PORT: port},
+        bind_address=host,
+    )
+    mounts = [
+        Mount(data_dir, f"{CONTAINER_WORKDIR}/data", read_only=True),
+        Mount(lfhome.bundled_datasets_dir().resolve(), f"{CONTAINER_WORKDIR}/data/bundled", read_only=True),
+        Mount(saves, f"{CONTAINER_WORKDIR}/saves", read_only=False),
+    ]
+    env = {
+        "GRADIO_SERVER_NAME": "0.0.0.0",
+        "GRADIO_SERVER_PORT": str(DEFAULT_PORT),
+        "GRADIO_ANALYTICS_ENABLED": "False",
     }
-    for name in ("HF_ENDPOINT", "HF_TOKEN"):
-        if os.environ.get(name):
-            spec["environment"][name] = os.environ[name]
-    if gpus:
-        spec["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    return spec
+    return options, mounts, env
+
+
+def _container(options: DockerOptions, mounts: list[Mount], env: dict[str, str]) -> dict[str, Any]:
+    """The Docker backend's arguments for the web UI: no run folder; LLaMA-Factory's own working
+    directory (its data/ and saves/ are the mounts), a label of its own."""
+    labels = {CONTAINER_LABEL: "1"}
+    return dict(
+        run_dir=None,
+        command=COMMAND,
+        options=options,
+        env=env,
+        mounts=mounts,
+        workdir=CONTAINER_WORKDIR,
+        labels=labels,
+    )
+
+
+def docker_spec(options: DockerOptions, mounts: list[Mount], env: dict[str, str]) -> dict[str, Any]:
+    """The exact Engine API body the web UI's container is created with, mount checks passed."""
+    from wrapper.launch.docker_backend import container_spec
+
+    return container_spec(**_container(options, mounts, env))
 
 
 def start_docker(
     host: str = "127.0.0.1", port: int = DEFAULT_PORT, image: str = DEFAULT_IMAGE, gpus: bool = True
 ) -> WebUI:
-    """Start LLaMA Board in a container with the portable data folder, saves and the HF cache mounted."""
-    import docker.errors
-
-    from wrapper.launch.docker_backend import (
-        DockerOptions,
-        check_cache,
-        connect,
-        default_hf_cache,
-        ensure_image,
-    )
+    """Start LLaMA Board in a container through the Docker backend (its mount checks included), with the
+    portable data folder, saves and the Hugging Face cache mounted."""
+    from wrapper.launch.docker_backend import default_hf_cache, start_container
 
     check_port_free(host, port)
     data_dir = lfhome.home() / "webui" / "docker-data"
     export_data_dir(data_dir)
-    hf_cache = default_hf_cache()
-    check_cache(hf_cache)
-    hf_cache.mkdir(parents=True, exist_ok=True)
-    spec = docker_spec(
+    options, mounts, env = docker_setup(
         image=image,
         host=host,
         port=port,
         data_dir=data_dir,
-        bundled_dir=lfhome.bundled_datasets_dir().resolve(),
         saves=saves_dir(),
-        hf_cache=hf_cache,
+        hf_cache=default_hf_cache(),
         gpus=gpus,
     )
-    options = DockerOptions(image=image)
-    client = connect(options)
-    ensure_image(client, options)
     try:
-        container = client.containers.run(**spec)
-    except docker.errors.DockerException as exc:
-        raise LaunchError(
-            f"Docker could not start the web UI container from {image}: {exc}; "
-            "check the engine's message above and the image name."
-        ) from None
-    return WebUI(url=_url(host, port), backend="docker", container=container)
+        handle = start_container(**_container(options, mounts, env))
+    except LaunchError as exc:
+        raise LaunchError(f"Docker could not start the web UI container from {image}: {exc}") from None
+    return WebUI(url=_url(host, port), backend="docker", container=handle)
 
 
 def wait_ready(ui: WebUI, timeout: float = 180.0, sleep: Callable[[float], None] = time.sleep) -> None:

@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from wrapper.launch.process import stop
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,13 +50,8 @@ class Proc:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc.send_signal, lambda: self.proc.poll() is None, grace=15)
+        self.proc.wait()
         self.handle.close()
 
 

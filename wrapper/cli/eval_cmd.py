@@ -76,7 +76,7 @@ def eval_(
     from wrapper.evaluate.metrics import collect
     from wrapper.evaluate.plan import plan_eval
     from wrapper.evaluate.report import write_report
-    from wrapper.launch.local import sigterm_as_interrupt
+    from wrapper.launch.process import sigterm_as_interrupt
 
     plan = plan_eval(
         run,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -58,7 +57,7 @@ def render(template: str, sets: tuple[str, ...], output: Path | None) -> None:
         return
     if not output.parent.is_dir():
         raise UsageError(f"Cannot write {output}: folder {output.parent} does not exist; create it first.")
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(rendered.text, encoding="utf-8")
-    os.replace(tmp, output)
+    from wrapper.fileio import write_atomic
+
+    write_atomic(output, rendered.text)
     click.echo(f"Wrote {output}", err=True)

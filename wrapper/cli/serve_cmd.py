@@ -44,7 +44,7 @@ def serve(
     api_key: str | None,
     model_name: str | None,
 ) -> None:
-    from wrapper.launch.local import sigterm_as_interrupt
+    from wrapper.launch.process import sigterm_as_interrupt
     from wrapper.launch.serve import serve_model, serve_run
 
     sigterm_as_interrupt()

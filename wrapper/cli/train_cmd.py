@@ -144,7 +144,9 @@ def train(
             from wrapper.launch.local import check_extras, llamafactory_cli
 
             check_extras(plan.config, plan.meta.env, llamafactory_cli())
-        run_dir = launcher.materialize(plan)
+        from wrapper.launch.plan import materialize
+
+        run_dir = materialize(plan)
 
     try:
         process = launcher.launch(run_dir)
@@ -181,7 +183,7 @@ def _create(
     shm_size: str | None = None,
 ) -> RunPlan:
     from wrapper.launch import runs
-    from wrapper.launch import train as launcher
+    from wrapper.launch.plan import plan_run
 
     if not template and not config_file:
         raise UsageError(
@@ -211,7 +213,7 @@ def _create(
         config = _render(template, sets, model, dataset, overrides, data_check)
         run_name = name
     docker = _docker_options(backend, image, as_me, shm_size, distributed)
-    return launcher.plan_run(
+    return plan_run(
         config,
         name=run_name,
         template=template,
@@ -292,20 +294,22 @@ def _warn_placeholders(plan: RunPlan) -> None:
 
 def _show_plan(plan: RunPlan) -> None:
     from wrapper.launch import runs
-    from wrapper.launch import train as launcher
+    from wrapper.launch.configfile import config_text
     from wrapper.launch.local import check_extras, llamafactory_cli
 
     meta = plan.meta
     command: list[str] | None = None
     click.echo(f"# {runs.CONFIG_FILE} for run {meta.name} (dry run: nothing was started or written)")
-    click.echo(launcher.config_text(plan.config))
+    click.echo(config_text(plan.config))
     if plan.copies:
         click.echo("# data files copied into the run directory")
         for source, relative in plan.copies:
             click.echo(f"#   {relative} <- {source}")
     if meta.backend == "docker":
         click.echo("# container spec (Engine API POST /containers/create)")
-        click.echo(json.dumps(launcher.container_spec_of(plan), indent=2, ensure_ascii=False))
+        from wrapper.launch.docker_backend import run_spec
+
+        click.echo(json.dumps(run_spec(plan.run_dir, plan.meta), indent=2, ensure_ascii=False))
         return
     try:
         command = [llamafactory_cli(), *meta.command[1:]]
@@ -324,7 +328,7 @@ def follow_in_terminal(run_dir: Path, process: subprocess.Popen[bytes] | None = 
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
     from wrapper.launch import train as launcher
-    from wrapper.launch.local import sigterm_as_interrupt
+    from wrapper.launch.process import sigterm_as_interrupt
 
     sigterm_as_interrupt()
     console = Console(stderr=True)

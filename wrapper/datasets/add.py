@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +10,7 @@ from typing import Any
 
 from wrapper import home
 from wrapper.datasets.check import CheckReport, check_file
-from wrapper.datasets.info import Columns, Tags, did_you_mean, read_dataset_info
+from wrapper.datasets.info import Columns, Tags, read_dataset_info
 from wrapper.datasets.registry import (
     INFO_FILE,
     RegistryEntry,
@@ -29,6 +26,8 @@ from wrapper.datasets.registry import (
 )
 from wrapper.datasets.rows import defaults
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.fileio import copy_atomic
+from wrapper.suggest import did_you_mean
 
 
 def parse_pairs(items: Sequence[str], allowed: tuple[str, ...], option: str) -> dict[str, str]:
@@ -176,14 +175,7 @@ def _copy_into(source: Path, target: Path, folder: Path) -> None:
     """Copy source to target atomically; target must be a file directly inside folder."""
     if target.parent != folder or target.is_symlink() or target.is_dir():
         raise DatasetError(f"Refusing to write {target}: it is not a plain file inside {folder}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    copy_atomic(source, target)
 
 
 @dataclass

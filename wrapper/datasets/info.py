@@ -8,7 +8,6 @@ problem is reported with file:line and a "did you mean".
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 
 from wrapper.datasets.jsonpos import key_lines, line_of
 from wrapper.errors import DatasetError, Problem
+from wrapper.suggest import did_you_mean
 
 # An entry name is a `dataset:` list item and the run's copy is data/<name>/: a plain file name, no '..'.
 # Letters and digits of any script (a name such as 客服问答 is fine), '_', '-' and '.'.
@@ -90,12 +90,6 @@ class DatasetEntry(BaseModel):
 COLUMN_NAMES = tuple(Columns.model_fields)
 TAG_NAMES = tuple(Tags.model_fields)
 ENTRY_KEYS = tuple(DatasetEntry.model_fields)
-
-
-def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _allowed_for(loc: tuple[str, ...]) -> tuple[str, ...]:

@@ -16,9 +16,7 @@ validate, --dry-run) reads the same entries in memory through `dataset_info_for(
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +24,11 @@ import yaml
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
-from wrapper import home
-from wrapper.datasets.info import Columns, Tags, check_entries, did_you_mean, read_dataset_info
+from wrapper import fileio, home
+from wrapper.datasets.info import Columns, Tags, check_entries, read_dataset_info
 from wrapper.errors import DatasetError, Problem, UsageError
+from wrapper.pydantic_errors import loc_text
+from wrapper.suggest import did_you_mean
 from wrapper.yamlload import safe_load
 
 INFO_FILE = "dataset_info.json"
@@ -96,7 +96,7 @@ def load_registry(path: Path) -> dict[str, RegistryEntry]:
             entries[str(name)] = RegistryEntry.model_validate(raw)
         except ValidationError as exc:
             for error in exc.errors():
-                loc = ".".join(str(part) for part in error["loc"])
+                loc = loc_text(error["loc"])
                 hint = ""
                 if error["type"] == "extra_forbidden":
                     hint = did_you_mean(str(error["loc"][-1]), tuple(RegistryEntry.model_fields))
@@ -127,16 +127,9 @@ def info_entry(entry: RegistryEntry, file_name: str) -> dict[str, Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temp file in the same folder and os.replace."""
+    """Write text to path atomically, making its folder when needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    fileio.write_atomic(path, text)
 
 
 def owned_files() -> set[Path]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapper.datasets.info import did_you_mean
+from wrapper.suggest import did_you_mean
 
 Finding = tuple[str | None, str]  # (field or None, what is wrong)
 Result = tuple[int, int] | list[Finding]

@@ -21,6 +21,7 @@ from typing import Any
 from wrapper.datasets.check import check_file
 from wrapper.datasets.rows import Spec, entry_spec
 from wrapper.errors import DatasetError, Problem
+from wrapper.fileio import write_atomic
 
 # LLaMA-Factory 0.9.5 extras/constants.py FILEEXT2TYPE: the file types it loads.
 FILEEXT2TYPE = {
@@ -100,7 +101,8 @@ def data_files(name: str, entry: dict[str, Any], dataset_dir: Path) -> list[Path
 def registered_entry(name: str, dataset_dir: Path | None) -> tuple[dict[str, Any], Path]:
     """The entry of dataset `name` in dataset_dir's dataset_info.json (default: lfwrap's registry) and the
     folder its file_name is relative to; DatasetError with "did you mean" when it is not there."""
-    from wrapper.datasets.info import did_you_mean, read_dataset_info
+    from wrapper.datasets.info import read_dataset_info
+    from wrapper.suggest import did_you_mean
 
     if dataset_dir is None:
         from wrapper.datasets.registry import merged_entries
@@ -141,9 +143,7 @@ def _read_cache() -> dict[str, Any]:
 def _write_cache(cache: dict[str, Any]) -> None:
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(json.dumps(cache), encoding="utf-8")
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(cache))
 
 
 def _cache_key(path: Path, spec: Spec) -> str:

@@ -19,9 +19,10 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.evaluate.rag import write_rag_data
-from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn, stop_group
+from wrapper.launch.configfile import write_yaml
+from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import write_yaml
 
 RUNNER = Path(__file__).with_name("runner.py")
 LOG_FILE = "eval.log"
@@ -52,7 +53,16 @@ def runner_command() -> list[str]:
 
 
 def write_plan(plan: EvalPlan) -> Path:
-    """Create the report folder with every pass's config and the runner's job list; the job list."""
+    """Create the report folder with every pass's config and the runner's job list; the job list. Passes
+    on lfwrap's registered datasets get their dataset_info.json written first, as creating a run does."""
+    from wrapper.datasets.registry import is_lfwrap_dataset_dir, prepare_dataset_dir
+
+    if any(
+        is_lfwrap_dataset_dir(Path(item.config["dataset_dir"]))
+        for item in plan.passes
+        if item.config.get("dataset_dir")
+    ):
+        prepare_dataset_dir()
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.rag is not None:
         write_rag_data(plan.out, plan.rag)

@@ -80,12 +80,14 @@ def report_folder(run_dir: Path, out: Path | None) -> Path:
 
 
 def _registered(names: list[str]) -> Path:
-    """lfwrap's dataset folder, after checking every name is a registered non-ranking dataset."""
-    from wrapper.datasets.info import did_you_mean, read_dataset_info
-    from wrapper.datasets.registry import prepare_dataset_dir
+    """lfwrap's dataset folder, after checking every name is a registered non-ranking dataset. Reads the
+    entries its dataset_info.json will hold; running the plan writes that file (write_plan)."""
+    from wrapper.datasets.registry import dataset_info_for
+    from wrapper.home import user_datasets_dir
+    from wrapper.suggest import did_you_mean
 
-    folder = prepare_dataset_dir()
-    info = read_dataset_info(folder / "dataset_info.json")
+    folder = user_datasets_dir()
+    info = dataset_info_for(folder) or {}
     for name in names:
         if name not in info:
             raise DatasetError(
@@ -102,7 +104,7 @@ def _registered(names: list[str]) -> Path:
 
 def has_eval_split(run_dir: Path) -> bool:
     """Whether the run was trained with an eval split (eval_dataset or val_size) that eval can reuse."""
-    from wrapper.launch.train import read_config
+    from wrapper.launch.configfile import read_config
 
     try:
         config = read_config(run_dir)
@@ -189,7 +191,7 @@ def plan_eval(
     rag_top_k: int = 4,
 ) -> EvalPlan:
     """The passes `lfwrap eval` runs for run `name`; RunError / UsageError / DatasetError when it cannot."""
-    from wrapper.launch.train import read_config
+    from wrapper.launch.configfile import read_config
     from wrapper.render import render_template
 
     run_dir = runs.find_run(name)

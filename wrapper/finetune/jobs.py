@@ -25,6 +25,7 @@ from wrapper.finetune.files import file_info, problem_text
 from wrapper.finetune.rows import TAGS
 from wrapper.finetune.settings import NAME_PATTERN, FineTuningSettings
 from wrapper.finetune.store import Store
+from wrapper.suggest import SENTENCE, did_you_mean
 
 FILE_KEYS = ("kind", "rows", "bad_rows", "problems", "converted", "tools")
 TEMPLATES = {"supervised": "sft_lora", "dpo": "dpo_lora"}
@@ -129,11 +130,8 @@ def create_job(store: Store, settings: FineTuningSettings, data: Any) -> dict[st
     request = _request(data)
     base = settings.base_model(request.model)
     if base is None:
-        import difflib
-
         names = [entry.name for entry in settings.base_models]
-        close = difflib.get_close_matches(request.model, names, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(request.model, names, SENTENCE)
         raise FineTuneError(
             f"Model {request.model!r} is not a base model of this gateway (fine_tuning.base_models: "
             f"{', '.join(names) or 'none configured'}).{hint}",

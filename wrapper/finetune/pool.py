@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import signal
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +29,7 @@ from wrapper.errors import FineTuneError, LfwrapError
 from wrapper.finetune.settings import FineTuningSettings
 from wrapper.finetune.store import Store
 from wrapper.launch import runs
+from wrapper.launch.process import process_identity, same_process, stop_group
 from wrapper.launch.serve import READY_TIMEOUT, ServerHandle
 
 STOP_GRACE_SECONDS = 10.0
@@ -50,31 +49,12 @@ class Resident:
     def alive(self) -> bool:
         if self.handle is not None:
             return self.handle.running()
-        return _same_process(self.pid, self.identity)
+        return same_process(self.pid, self.identity)
 
 
-def _same_process(pid: int | None, identity: dict[str, Any] | None) -> bool:
-    if not pid or not identity:
-        return False
-    now = runs.process_identity(pid)
-    return now is not None and all(now.get(k) == identity.get(k) for k in ("pid", "start_time", "boot_id"))
-
-
-def _stop_group(pid: int, identity: dict[str, Any] | None) -> None:
-    """SIGTERM, then SIGKILL after the grace period, the group a recorded server leads, only while the
-    pid still is that server."""
-    if not _same_process(pid, identity):
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while runs.group_members(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not runs.group_members(pid):
-            return
+def _stop_server(pid: int, identity: dict[str, Any] | None) -> None:
+    """Stop the group a recorded server leads, only while the pid still is that server."""
+    stop_group(pid, grace=STOP_GRACE_SECONDS, identity=identity or {})
 
 
 def _port_free(port: int) -> bool:
@@ -115,7 +95,7 @@ class ServingPool:
         import httpx
 
         for model, port, pid, identity, url in self.store.servers():
-            if not _same_process(pid, identity):
+            if not same_process(pid, identity):
                 self.store.forget_server(model)
                 continue
             key = identity.get("api_key")
@@ -128,7 +108,7 @@ class ServingPool:
                 self.servers[model] = Resident(model, url, port, pid, None, identity)
                 self._keys[model] = key
             else:
-                _stop_group(pid, identity)
+                _stop_server(pid, identity)
                 self.store.forget_server(model)
 
     def key_for(self, model: str) -> str:
@@ -190,7 +170,7 @@ class ServingPool:
 
         def record(handle: ServerHandle) -> None:
             if handle.pid is not None:
-                identity = {**(runs.process_identity(handle.pid) or {}), "api_key": self.api_key}
+                identity = {**(process_identity(handle.pid) or {}), "api_key": self.api_key}
                 self.store.record_server(model, port, handle.pid, identity, handle.url)
 
         try:
@@ -207,7 +187,7 @@ class ServingPool:
         except BaseException:
             self.store.forget_server(model)
             raise
-        identity = runs.process_identity(handle.pid) if handle.pid else None
+        identity = process_identity(handle.pid) if handle.pid else None
         return Resident(model, handle.url, port, handle.pid, handle, identity)
 
     def _free_port(self) -> int:
@@ -246,7 +226,7 @@ class ServingPool:
         if resident.handle is not None:
             await asyncio.to_thread(resident.handle.stop)
         elif resident.pid is not None:
-            await asyncio.to_thread(_stop_group, resident.pid, resident.identity)
+            await asyncio.to_thread(_stop_server, resident.pid, resident.identity)
         self.servers.pop(model, None)  # only once stopped: `servers` never lists a server that is gone
         self._keys.pop(model, None)
         self.store.forget_server(model)

@@ -17,15 +17,15 @@ uploaded files are kept in a `files/` folder next to it. Extra keys are refused 
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wrapper.errors import ConfigError, Problem
 from wrapper.home import home
+from wrapper.pydantic_errors import messages, repeated
+from wrapper.yamlload import read_mapping
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # also a part of `ft:<base>:<suffix>:<job>`
 
@@ -79,8 +79,7 @@ class FineTuningSettings(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> FineTuningSettings:
-        names = [entry.name for entry in self.base_models]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = repeated(entry.name for entry in self.base_models)
         if twice:
             raise ValueError(f"base model name(s) {', '.join(twice)} appear more than once")
         return self
@@ -95,35 +94,13 @@ class FineTuningSettings(_Strict):
         return next((entry for entry in self.base_models if entry.name == name), None)
 
 
-def _describe(error: Any) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "fine_tuning"
-    if error["type"] == "extra_forbidden":
-        known = _known_keys(error["loc"][:-1])
-        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        return f"fine_tuning.{where}: unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-    return f"fine_tuning.{where}: {error['msg']}"
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = FineTuningSettings
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        annotation = model.model_fields[str(part)].annotation
-        inner = getattr(annotation, "__args__", (annotation,))[0]
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            model = inner
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-    return list(model.model_fields)
-
-
 def parse_settings(data: Any, source: str = "settings") -> FineTuningSettings:
     """The `fine_tuning:` mapping checked; ConfigError listing every problem (with "did you mean")."""
     try:
         return FineTuningSettings.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        problems = [Problem(_describe(error), file=source) for error in exc.errors()]
+        texts = messages(exc, FineTuningSettings, prefix="fine_tuning.", top="fine_tuning")
+        problems = [Problem(text, file=source) for text in texts]
         raise ConfigError(
             f"The fine_tuning settings in {source} have {len(problems)} problem(s); fix them as listed.",
             problems=problems,
@@ -132,7 +109,4 @@ def parse_settings(data: Any, source: str = "settings") -> FineTuningSettings:
 
 def load_settings(path: Path) -> FineTuningSettings:
     """The `fine_tuning:` block of a gateway YAML file (defaults when the block is absent)."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping of keys.")
-    return parse_settings(data.get("fine_tuning"), str(path))
+    return parse_settings(read_mapping(path, "gateway config").get("fine_tuning"), str(path))

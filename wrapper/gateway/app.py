@@ -12,7 +12,6 @@ time), JSON, request checks (model name length included), route, queue slot, ups
 from __future__ import annotations
 
 import asyncio
-import difflib
 import gc
 import logging
 import time
@@ -33,6 +32,7 @@ from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
 from wrapper.gateway.settings import GatewaySettings
 from wrapper.gateway.sse import StreamRewriter
 from wrapper.gateway.upstream import Upstream
+from wrapper.suggest import SENTENCE, did_you_mean
 
 log = logging.getLogger("lfwrap.gateway")
 
@@ -262,8 +262,7 @@ class Gateway:
     def upstream_for(self, model: str, record: KeyRecord | None) -> Upstream:
         upstream = self.upstreams.get(model)
         if upstream is None:
-            close = difflib.get_close_matches(model, list(self.upstreams), n=1)  # model <= 128 chars
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(model, self.upstreams, SENTENCE)  # model <= 128 chars
             raise ApiError(
                 404,
                 f"The model {model!r} does not exist on this gateway; GET /v1/models lists the models.{hint}",

@@ -30,7 +30,6 @@ event loop would stall every other request and stream.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from wrapper.gateway.oai import ApiError
 from wrapper.gateway.settings import ModelRoute
 from wrapper.rag.retriever import Retriever
 from wrapper.rag.route import Grounded, RouteRetriever
+from wrapper.suggest import SENTENCE, did_you_mean
 
 log = logging.getLogger("lfwrap.gateway")
 
@@ -154,8 +154,7 @@ class RagRoutes:
             if record is None or any(map(record.allows, models))
         ]
         if found is None or index not in visible:
-            close = difflib.get_close_matches(index, visible, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(index, visible, SENTENCE)
             raise ApiError(
                 404,
                 f"No index {index!r} is served by a model this key may use.{hint}",

@@ -7,12 +7,10 @@ the YAML file, the defaults below. Unknown keys are refused with a "did you mean
 
 from __future__ import annotations
 
-import difflib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -27,7 +25,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from wrapper.errors import GatewayError, Problem
 from wrapper.home import home
+from wrapper.pydantic_errors import messages, repeated
 from wrapper.rag.route import RagRoute
+from wrapper.yamlload import read_mapping
 
 # Values people paste from examples instead of a real secret.
 PLACEHOLDER_SECRETS = {
@@ -214,8 +214,7 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:
-        names = [route.name for route in self.models]
-        dupes = sorted({name for name in names if names.count(name) > 1})
+        dupes = repeated(route.name for route in self.models)
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         return self
@@ -253,57 +252,13 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(_yaml_data.get() or {})
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(
-            f"Cannot read gateway config {path}: {exc.strerror}; check the --config path."
-        ) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SettingsError(
-            f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax."
-        ) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: the gateway config must be a YAML mapping (host, port, models ...).")
-    return data
-
-
-def _field_names(loc: tuple[int | str, ...]) -> list[str]:
-    model: Any = GatewaySettings
-    for part in loc[:-1]:
-        if part == "models":
-            model = ModelRoute
-        elif part == "rag" and model is ModelRoute:
-            model = RagRoute
-    return list(model.model_fields)
-
-
 def _problems(exc: ValidationError, file: str) -> list[Problem]:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        where = ".".join(str(part) for part in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            close = difflib.get_close_matches(key, _field_names(loc), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            message = f"{where}: unknown key{hint}"
-        else:
-            message = f"{where}: {err['msg']}"
-        problems.append(Problem(message=message, file=file))
-    return problems
+    return [Problem(message=text, file=file) for text in messages(exc, GatewaySettings)]
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> GatewaySettings:
     """Settings from `config` (YAML), LFWRAP_* environment and `overrides` (None values are skipped)."""
-    data = _read_yaml(config) if config is not None else {}
+    data = read_mapping(config, "gateway config", SettingsError, "host, port, models ...") if config else {}
     token = _yaml_data.set(data)
     try:
         return GatewaySettings(**{key: value for key, value in overrides.items() if value is not None})

@@ -18,6 +18,7 @@ from wrapper.gateway.grounding import SearchAnswer, SearchRequest
 from wrapper.gateway.keys import KeyRecord
 from wrapper.gateway.oai import ApiError
 from wrapper.gateway.openapi_doc import install_openapi
+from wrapper.pydantic_errors import loc_text
 
 
 class GatewayView(Protocol):
@@ -69,7 +70,7 @@ def build_small_app(gateway: GatewayView) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first.get("loc", ()))
+        param = loc_text(first.get("loc", ()))
         return _error(
             ApiError(
                 400,

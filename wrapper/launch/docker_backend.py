@@ -20,39 +20,27 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from wrapper.errors import LaunchError
 from wrapper.home import bundled_datasets_dir, home
+from wrapper.launch.docker_paths import CONTAINER_RUN_DIR, Mount, effective_mounts, hf_home_target
 
 if TYPE_CHECKING:
     from docker.client import DockerClient
 
+    from wrapper.launch.runs import RunMeta
+
 DEFAULT_IMAGE = "hiyouga/llamafactory:latest"
-CONTAINER_RUN_DIR = "/app/run"
-CONTAINER_DATA_DIR = "/app/data"
-CONTAINER_MODELS_DIR = "/app/models"
-CONTAINER_HF_HOME = "/root/.cache/huggingface"
-# Where the cache goes for a non-root --user: /root is closed to other users in the image.
-CONTAINER_HF_HOME_USER = "/app/hf_home"
 RUN_LABEL = "lfwrap.run"
 PASSTHROUGH_ENV = ("HF_ENDPOINT", "HF_TOKEN")
 SECRET_ENV = ("HF_TOKEN",)
 _GPU_DRIVER_HINTS = ("could not select device driver", "nvidia-container-cli", "unresolvable CDI devices")
 
 Gpus = Literal["all"] | list[str] | None
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A host folder or file the container sees at `target`."""
-
-    source: Path
-    target: str
-    read_only: bool = True
 
 
 @dataclass
@@ -110,32 +98,8 @@ def container_name(run_dir: Path) -> str:
     return "lfwrap-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", run_dir.name)
 
 
-def container_path(host_path: Path | str, mounts: Iterable[Mount]) -> str:
-    """Where `host_path` appears inside the container, given the mounts; LaunchError if nowhere."""
-    resolved = Path(host_path).expanduser().resolve()
-    for mount in mounts:
-        source = mount.source.expanduser().resolve()
-        if resolved == source:
-            return mount.target
-        if resolved.is_relative_to(source):
-            return f"{mount.target.rstrip('/')}/{resolved.relative_to(source).as_posix()}"
-    raise LaunchError(
-        f"{host_path} is not visible inside the container; put it under $LFWRAP_HOME "
-        f"(runs, datasets or models) or use a Hugging Face model name."
-    )
-
-
-def host_path(inside: str, mounts: Iterable[Mount]) -> str:
-    """The host path behind a container path, given the mounts; unchanged when no mount holds it."""
-    for mount in mounts:
-        target = mount.target.rstrip("/")
-        if inside == target or inside.startswith(target + "/"):
-            return str(mount.source.expanduser().resolve() / inside[len(target) :].lstrip("/"))
-    return inside
-
-
-def _allowed_roots(options: DockerOptions, run_dir: Path) -> list[Path]:
-    roots = [home(), bundled_datasets_dir(), run_dir]
+def _allowed_roots(options: DockerOptions, run_dir: Path | None) -> list[Path]:
+    roots = [home(), bundled_datasets_dir(), *([run_dir] if run_dir is not None else [])]
     if options.hf_cache is not None:
         roots.append(options.hf_cache)
     return [root.expanduser().resolve() for root in roots]
@@ -191,7 +155,7 @@ def _shm_bytes(size: str) -> int:
     return value
 
 
-def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path) -> None:
+def _check_mounts(mounts: list[Mount], options: DockerOptions, run_dir: Path | None) -> None:
     if options.hf_cache is not None:
         check_cache(options.hf_cache)
     roots = _allowed_roots(options, run_dir)
@@ -232,10 +196,6 @@ def host_user() -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def hf_home_target(options: DockerOptions) -> str:
-    return CONTAINER_HF_HOME_USER if options.user else CONTAINER_HF_HOME
-
-
 def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
     merged: dict[str, str] = {"HF_HOME": hf_home_target(options)} if options.hf_cache is not None else {}
     if options.user:
@@ -249,29 +209,21 @@ def _env_list(options: DockerOptions, env: Mapping[str, str]) -> list[str]:
     return [f"{key}={value}" for key, value in merged.items()]
 
 
-def effective_mounts(*, run_dir: Path, options: DockerOptions, mounts: list[Mount]) -> list[Mount]:
-    """`mounts` plus the run directory (read-write, /app/run) and the Hugging Face cache when set."""
-    result = [
-        Mount(m.source.expanduser(), m.target, m.read_only) for m in mounts if m.target != CONTAINER_RUN_DIR
-    ]
-    result.append(Mount(run_dir, CONTAINER_RUN_DIR, read_only=False))
-    if options.hf_cache is not None:
-        result.append(Mount(options.hf_cache.expanduser(), hf_home_target(options), read_only=False))
-    return result
-
-
 def container_spec(
     *,
-    run_dir: Path,
+    run_dir: Path | None,
     command: list[str],
     options: DockerOptions,
     env: Mapping[str, str],
     mounts: list[Mount],
+    workdir: str = CONTAINER_RUN_DIR,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The exact body of the Engine API's POST /containers/create for this run.
 
-    The run directory is always mounted read-write at /app/run (the working directory); the
-    Hugging Face cache, when `options.hf_cache` is set, read-write at /root/.cache/huggingface.
+    The run directory is mounted read-write at /app/run (the working directory); the Hugging Face
+    cache, when `options.hf_cache` is set, read-write at /root/.cache/huggingface. A container that is
+    no run (the web UI: `run_dir` None) works in `workdir` and carries `labels` instead.
     """
     from docker.types import Mount as DockerMount
 
@@ -299,8 +251,8 @@ def container_spec(
         "Image": options.image,
         "Cmd": list(command),
         "Env": _env_list(options, env),
-        "Labels": {RUN_LABEL: run_label(run_dir)},
-        "WorkingDir": CONTAINER_RUN_DIR,
+        "Labels": dict(labels) if labels is not None else {RUN_LABEL: run_label(run_dir)} if run_dir else {},
+        "WorkingDir": workdir,
         "Tty": False,
         "AttachStdout": True,
         "AttachStderr": True,
@@ -315,6 +267,15 @@ def container_spec(
     if options.user:
         spec["User"] = options.user
     return spec
+
+
+def run_spec(run_dir: Path, meta: RunMeta) -> dict[str, Any]:
+    """The container spec a docker run (planned or created) is started with, secrets redacted."""
+    from wrapper.launch.docker_paths import docker_setup
+
+    options, mounts = docker_setup(meta)
+    spec = container_spec(run_dir=run_dir, command=meta.command, options=options, env=meta.env, mounts=mounts)
+    return redact_spec(spec)
 
 
 def redact_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -458,21 +419,32 @@ class DockerHandle:
 
 def start_container(
     *,
-    run_dir: Path,
+    run_dir: Path | None,
     command: list[str],
     options: DockerOptions,
     env: dict[str, str],
     mounts: list[Mount],
+    workdir: str = CONTAINER_RUN_DIR,
+    labels: Mapping[str, str] | None = None,
 ) -> DockerHandle:
-    """Create and start the container for this run; LaunchError with one sentence on any failure."""
+    """Create and start the container for this run (named after it) or, with `run_dir` None, an unnamed
+    one working in `workdir`; LaunchError with one sentence on any failure."""
     from docker.errors import APIError
 
-    spec = container_spec(run_dir=run_dir, command=command, options=options, env=env, mounts=mounts)
+    spec = container_spec(
+        run_dir=run_dir,
+        command=command,
+        options=options,
+        env=env,
+        mounts=mounts,
+        workdir=workdir,
+        labels=labels,
+    )
     if options.hf_cache is not None:
         options.hf_cache.expanduser().mkdir(parents=True, exist_ok=True)
     client = connect(options)
     ensure_image(client, options)
-    name = container_name(run_dir)
+    name = container_name(run_dir) if run_dir is not None else None
     try:
         created = client.api.create_container_from_config(spec, name=name)
     except APIError as exc:
@@ -481,7 +453,7 @@ def start_container(
                 f"A container named {name} already exists; remove it with `docker rm -f {name}` and retry."
             ) from exc
         raise LaunchError(f"Docker could not create the container: {_engine_message(exc)}.") from exc
-    handle = DockerHandle(client, created["Id"], name)
+    handle = DockerHandle(client, created["Id"], name or created["Id"][:12])
     try:
         client.api.start(handle.id)
     except APIError as exc:
@@ -494,52 +466,3 @@ def start_container(
             ) from exc
         raise LaunchError(f"Docker could not start the container: {message}.") from exc
     return handle
-
-
-def standard_mounts(dataset_dir: Path, model_dir: Path | None = None) -> list[Mount]:
-    """The usual read-only mounts: the datasets folder at /app/data and a local model at /app/models."""
-    mounts = [Mount(dataset_dir, CONTAINER_DATA_DIR, read_only=True)]
-    if model_dir is not None:
-        mounts.append(Mount(model_dir, f"{CONTAINER_MODELS_DIR}/{model_dir.name}", read_only=True))
-    return mounts
-
-
-CONFIG_PATH_KEYS = (
-    "model_name_or_path",
-    "adapter_name_or_path",
-    "output_dir",
-    "dataset_dir",
-    "deepspeed",
-    "export_dir",
-    "resume_from_checkpoint",
-    "logging_dir",
-    "tokenized_path",
-    "media_dir",
-)
-
-
-def host_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
-    """The inverse of container_config: a container-side config with its paths back on the host."""
-    mount_list = list(mounts)
-    result = dict(config)
-    for key in CONFIG_PATH_KEYS:
-        value = result.get(key)
-        if isinstance(value, str) and value.startswith("/"):
-            parts = value.split(",") if key == "adapter_name_or_path" else [value]
-            result[key] = ",".join(host_path(part.strip(), mount_list) for part in parts)
-    return result
-
-
-def container_config(config: Mapping[str, Any], mounts: Iterable[Mount]) -> dict[str, Any]:
-    """A copy of a LLaMA-Factory config whose absolute host paths point inside the container."""
-    mount_list = list(mounts)
-    result = dict(config)
-    for key in CONFIG_PATH_KEYS:
-        value = result.get(key)
-        if not isinstance(value, str):
-            continue
-        parts = [part.strip() for part in value.split(",")] if key == "adapter_name_or_path" else [value]
-        if not all(part.startswith("/") for part in parts):
-            continue
-        result[key] = ",".join(container_path(part, mount_list) for part in parts)
-    return result

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
-from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.configfile import read_host_config, write_yaml
+from wrapper.launch.local import llamafactory_cli, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import docker_setup, model_mounts, read_host_config, write_yaml
 
 EXPORT_FILE = "export.yaml"
 
@@ -78,23 +79,17 @@ def check_out_folder(target: Path) -> None:
 
 
 def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, target: Path) -> int:
-    from wrapper.launch.docker_backend import (
-        DockerOptions,
-        Mount,
-        container_config,
-        default_hf_cache,
-        effective_mounts,
-        start_container,
-    )
+    from wrapper.launch.docker_backend import DockerOptions, default_hf_cache, start_container
+    from wrapper.launch.docker_paths import Mount, docker_setup, in_container
 
     # A run trained with --as-me is exported as the same user, so its merged model is the user's too.
     trained, _ = docker_setup(runs.read_meta(run_dir))
     options = DockerOptions(hf_cache=default_hf_cache(), user=trained.user)
-    mounts: list[Mount] = model_mounts(config, run_dir)
+    extra = []
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(target, "/app/export", read_only=False))
-    inside = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
+        extra.append(Mount(target, "/app/export", read_only=False))
+    inside, mounts = in_container(config, run_dir, options, extra)
     write_yaml(path, inside)
     handle = start_container(
         run_dir=run_dir,

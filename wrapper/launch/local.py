@@ -1,18 +1,15 @@
 """The local backend's pieces: where llamafactory-cli is, its version, the child's environment, and
-starting / stopping a child in its own process group."""
+starting a child in its own process group (stopping it: wrapper.launch.process.stop_group)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from wrapper.errors import LaunchError
-from wrapper.launch.runs import group_members
 
 INSTALL_HINT = "install the local extra: pip install 'lfwrap[local]'"
 
@@ -115,32 +112,3 @@ def spawn(command: list[str], *, cwd: Path, log_path: Path, env: dict[str, str])
             env=child_env(env),
             start_new_session=True,
         )
-
-
-def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the process's group, SIGKILL it after `grace` seconds; reap the process."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        deadline = time.monotonic() + grace
-        while group_members(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not group_members(process.pid):
-            break
-    process.wait()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def sigterm_as_interrupt() -> None:
-    """Treat SIGTERM like Ctrl-C, so a foreground command stopped by a service manager or `timeout`
-    still stops the process group it started instead of leaving it behind."""
-    signal.signal(signal.SIGTERM, _interrupt)

@@ -15,18 +15,17 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
+from wrapper.launch.configfile import config_text
 
 if TYPE_CHECKING:
     from wrapper.launch.distributed import DistributedOptions
-    from wrapper.launch.docker_backend import DockerOptions, Mount
+    from wrapper.launch.docker_backend import DockerOptions
 
 DATASET_KEYS = ("dataset", "eval_dataset")
 INLINE_DEEPSPEED_FILE = "ds_config.json"
@@ -158,66 +157,21 @@ def plan_run(
         _inside(run_dir, relative)
     plan = RunPlan(run_dir, config, meta, dataset_info, copies, files)
     if backend == "docker":
-        container_spec_of(plan)  # the Docker backend's mount checks, before anything is written
+        from wrapper.launch.docker_backend import run_spec
+
+        run_spec(plan.run_dir, plan.meta)  # the Docker backend's mount checks, before anything is written
     return plan
 
 
 def _docker_paths(
     config: dict[str, Any], run_dir: Path, options: DockerOptions | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    from wrapper.launch.docker_backend import DockerOptions, container_config, effective_mounts
+    from wrapper.launch.docker_backend import DockerOptions
+    from wrapper.launch.docker_paths import in_container, recorded
 
     options = options or DockerOptions()
-    mounts = model_mounts(config, run_dir)
-    config = container_config(config, effective_mounts(run_dir=run_dir, options=options, mounts=mounts))
-    fields = asdict(options)
-    if fields.get("hf_cache") is not None:
-        fields["hf_cache"] = str(fields["hf_cache"])
-    return config, {"options": fields, "mounts": [[str(m.source), m.target, m.read_only] for m in mounts]}
-
-
-def model_mounts(config: dict[str, Any], folder: Path) -> list[Mount]:
-    """Read-only container mounts (/app/models/NAME, /app/adapters/NAME, /app/media/NAME) for the config's
-    local model, adapter and media folders that lie outside `folder` (the container's /app/run)."""
-    from wrapper.launch.docker_backend import Mount
-
-    mounts = []
-    for key, parent in (
-        ("model_name_or_path", "/app/models"),
-        ("adapter_name_or_path", "/app/adapters"),
-        ("media_dir", "/app/media"),  # images/videos/audios a config's datasets name
-    ):
-        value = str(config.get(key) or "")
-        if value.startswith("/") and not Path(value).resolve().is_relative_to(folder.resolve()):
-            mounts.append(Mount(Path(value), f"{parent}/{Path(value).name}", read_only=True))
-    return mounts
-
-
-def docker_setup(meta: runs.RunMeta) -> tuple[DockerOptions, list[Mount]]:
-    """The DockerOptions and extra mounts recorded in a docker run's meta."""
-    from wrapper.launch.docker_backend import DockerOptions, Mount
-
-    spec = meta.docker or {}
-    options = DockerOptions(**spec.get("options", {}))
-    if options.hf_cache is not None:
-        options.hf_cache = Path(options.hf_cache)
-    return options, [Mount(Path(m[0]), m[1], bool(m[2])) for m in spec.get("mounts", [])]
-
-
-def container_spec_of(plan: RunPlan) -> dict[str, Any]:
-    """The container spec a planned docker run will be created with (secrets redacted)."""
-    from wrapper.launch.docker_backend import container_spec, redact_spec
-
-    options, mounts = docker_setup(plan.meta)
-    spec = container_spec(
-        run_dir=plan.run_dir, command=plan.meta.command, options=options, env=plan.meta.env, mounts=mounts
-    )
-    return redact_spec(spec)
-
-
-def config_text(config: dict[str, Any]) -> str:
-    """A LLaMA-Factory config as YAML (keys in their rendered order, Unicode kept)."""
-    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    config, mounts = in_container(config, run_dir, options)
+    return config, recorded(options, mounts)
 
 
 def materialize(plan: RunPlan) -> Path:

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
@@ -33,7 +32,9 @@ from typing import Any, Literal
 from filelock import FileLock
 
 from wrapper.errors import RunError, UsageError
+from wrapper.fileio import write_atomic
 from wrapper.home import runs_dir
+from wrapper.launch.process import same_process
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: tuple[str, ...] = ("succeeded", "failed", "cancelled")
@@ -137,7 +138,7 @@ def find_run(name: str) -> Path:
     """An existing run's folder, or RunError naming the runs that do exist."""
     path = run_path(name)
     if not (path / META_FILE).is_file():
-        from wrapper.datasets.info import did_you_mean
+        from wrapper.suggest import did_you_mean
 
         hint = did_you_mean(name, [p.name for p in list_run_dirs()])
         raise RunError(f"No run named {name!r} under {runs_dir()}{hint}; list runs with `lfwrap runs`.")
@@ -174,10 +175,7 @@ def read_meta(run_dir: Path) -> RunMeta:
 
 def write_meta(run_dir: Path, meta: RunMeta) -> None:
     text = json.dumps(meta.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".meta.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, run_dir / META_FILE)
+    write_atomic(run_dir / META_FILE, text)
 
 
 def update_meta(run_dir: Path, **changes: Any) -> RunMeta:
@@ -234,40 +232,13 @@ def try_run_lock(run_dir: Path, what: str) -> RunLock:
     return lock
 
 
-def boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is index 0
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None  # a zombie has finished
-    return int(fields[19])
-
-
-def process_identity(pid: int) -> dict[str, Any] | None:
-    """What tells process `pid` apart from a later one with the same pid; None when it is not running."""
-    start = start_time(pid)
-    if start is None:
-        return None
-    return {"pid": pid, "start_time": start, "boot_id": boot_id()}
-
-
 def supervisor_alive(meta: RunMeta) -> bool:
     """Whether the process recorded as the run's supervisor is still that process. A meta.json without
     a recorded identity (older, hand-made or stale) never counts as alive: its pid proves nothing."""
     recorded = meta.supervisor
     if not isinstance(recorded, dict) or not isinstance(recorded.get("pid"), int):
         return False
-    return process_identity(recorded["pid"]) == recorded
+    return same_process(recorded["pid"], recorded)
 
 
 def output_dir(run_dir: Path) -> Path:
@@ -285,33 +256,6 @@ def last_checkpoint(folder: Path) -> Path | None:
         if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return max(found)[1] if found else None
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live (non-zombie) processes in process group `pgid` (Linux /proc; elsewhere a kernel probe)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def group_alive(pgid: int) -> bool:
-    return bool(group_members(pgid))
 
 
 # --- runs trained in LLaMA Board (read-only) -------------------------------------------------------------

@@ -20,9 +20,10 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.home import home
 from wrapper.launch import runs
-from wrapper.launch.local import llamafactory_cli, spawn, stop_group
+from wrapper.launch.configfile import read_host_config, write_yaml
+from wrapper.launch.local import llamafactory_cli, spawn
+from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
-from wrapper.launch.train import model_mounts, read_host_config, write_yaml
 
 READY_TIMEOUT = 300.0
 
@@ -161,21 +162,14 @@ def _start_docker(
     """Start `llamafactory-cli api` in a container publishing `port` on `host`; (stop, alive)."""
     import threading
 
-    from wrapper.launch.docker_backend import (
-        DockerOptions,
-        container_config,
-        default_hf_cache,
-        effective_mounts,
-        start_container,
-    )
+    from wrapper.launch.docker_backend import DockerOptions, default_hf_cache, start_container
+    from wrapper.launch.docker_paths import in_container
 
     folder = config_path.parent
     options = DockerOptions(
         ports={int(env["API_PORT"]): port}, bind_address=host, hf_cache=default_hf_cache()
     )
-    mounts = model_mounts(config, folder)
-    all_mounts = effective_mounts(run_dir=folder, options=options, mounts=mounts)
-    inside = container_config(config, all_mounts)
+    inside, mounts = in_container(config, folder, options)
     write_yaml(config_path, inside)
     handle = start_container(
         run_dir=folder,

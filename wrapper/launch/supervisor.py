@@ -21,13 +21,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import BinaryIO
 
 from wrapper.launch import runs
 from wrapper.launch.local import child_env, llamafactory_cli
+from wrapper.launch.process import group_members, process_identity, signal_pid, stop
 from wrapper.launch.progress import error_lines
 
 GRACE_SECONDS = 10.0
@@ -46,31 +46,26 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _stop_group(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the rest of our process group, then SIGKILL whatever is left after the grace period."""
-    me = os.getpid()
-    for pid in runs.group_members(os.getpgid(0)):
-        if pid != me:
-            _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
-    while time.monotonic() < deadline:
+    """SIGTERM the rest of our process group, then SIGKILL whatever is left after the grace period (the
+    group is ours, but we stay out of it: SIGKILL cannot be ignored)."""
+    me, group = os.getpid(), os.getpgid(0)
+
+    def others() -> list[int]:
+        return [pid for pid in group_members(group) if pid != me]
+
+    def send(sig: int) -> None:
+        for pid in others():
+            signal_pid(pid, sig)
+
+    def alive() -> bool:
         child.poll()
-        if [pid for pid in runs.group_members(os.getpgid(0)) if pid != me] == []:
-            break
-        time.sleep(0.1)
-    for pid in runs.group_members(os.getpgid(0)):
-        if pid != me:
-            _signal(pid, signal.SIGKILL)
+        return bool(others())
+
+    stop(send, alive, GRACE_SECONDS)
     child.wait()
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
+def _run_local(run_dir: Path, meta: runs.RunMeta, log: BinaryIO, lock: runs.RunLock) -> int:
     command = [llamafactory_cli(), *meta.command[1:]]
     child = subprocess.Popen(
         command,
@@ -88,9 +83,9 @@ def _run_local(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) 
         raise
 
 
-def _run_docker(run_dir: Path, meta: runs.RunMeta, log: Any, lock: runs.RunLock) -> int:
+def _run_docker(run_dir: Path, meta: runs.RunMeta, log: BinaryIO, lock: runs.RunLock) -> int:
     from wrapper.launch.docker_backend import start_container
-    from wrapper.launch.train import docker_setup
+    from wrapper.launch.docker_paths import docker_setup
 
     options, mounts = docker_setup(meta)
     handle = start_container(
@@ -131,7 +126,7 @@ def _supervise(run_dir: Path, lock: runs.RunLock) -> int:
         started=runs.now(),
         pid=os.getpid(),
         pgid=os.getpgid(0),
-        supervisor=runs.process_identity(os.getpid()),
+        supervisor=process_identity(os.getpid()),
     )
     status: runs.Status = "failed"
     code: int | None = None

@@ -1,10 +1,10 @@
-"""The training launcher as a library: rendered config → run directory → launch → follow → result.
+"""A training run's lifecycle, once its directory exists: launch → follow → result; cancel, resume, remove.
 
-    plan = plan_run(config, template="sft_lora", overrides=[...])   # pure: what --dry-run shows
-    run_dir = materialize(plan)                       # the run directory (create_run does both)
+    run_dir = materialize(plan_run(config, template="sft_lora"))   # wrapper.launch.plan: the run folder
     launch(run_dir)                                  # starts the supervisor (own process group)
     meta = follow(run_dir, on_progress=print)        # until succeeded / failed / cancelled
     cancel_run(run_dir)                              # from anywhere, also for detached runs
+    prepare_resume(run_dir); remove_run(run_dir)
 
 The CLI (`lfwrap train`, `lfwrap runs`), a job worker or the gateway call these and nothing else.
 """
@@ -13,34 +13,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
+from wrapper.launch.configfile import read_config, write_config
 from wrapper.launch.local import check_extras, llamafactory_cli
-from wrapper.launch.plan import (  # noqa: F401  (re-exported: the plan is part of this module's API)
-    DATASET_KEYS,
-    RunPlan,
-    config_text,
-    container_spec_of,
-    docker_setup,
-    materialize,
-    model_mounts,
-    plan_run,
-)
+from wrapper.launch.process import boot_id, group_members, process_identity, start_time, stop_group, stop_pids
 from wrapper.launch.progress import Progress, TrainerLog
-from wrapper.yamlload import safe_load
-
-if TYPE_CHECKING:
-    from wrapper.launch.distributed import DistributedOptions
-    from wrapper.launch.docker_backend import DockerOptions
 
 POLL_SECONDS = 0.1
 CANCEL_GRACE_SECONDS = 15.0
@@ -52,76 +37,6 @@ class RunResult:
     progress: Progress
     adapter: Path | None  # output_dir when it holds an adapter or model
     loss_plot: Path | None
-
-
-def create_run(
-    config: dict[str, Any],
-    *,
-    name: str | None = None,
-    template: str | None = None,
-    overrides: Sequence[str] = (),
-    backend: str = "local",
-    distributed: DistributedOptions | None = None,
-    docker: DockerOptions | None = None,
-) -> Path:
-    """Write a run directory for `config` (a rendered LLaMA-Factory config) and return it, status queued:
-    plan_run (pure) then materialize (the only step that writes)."""
-    plan = plan_run(
-        config,
-        name=name,
-        template=template,
-        overrides=overrides,
-        backend=backend,
-        distributed=distributed,
-        docker=docker,
-    )
-    return materialize(plan)
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    """Write a LLaMA-Factory config file (keys in their rendered order, Unicode kept)."""
-    path.write_text(config_text(data), encoding="utf-8")
-    return path
-
-
-def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
-    return write_yaml(run_dir / runs.CONFIG_FILE, config)
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    data = safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
-def read_host_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config as seen from this machine: a docker run's container paths (/app/run,
-    /app/models/NAME ...) mapped back to the host folders they were mounted from."""
-    config = read_config(run_dir)
-    meta = runs.read_meta(run_dir)
-    if meta.backend != "docker":
-        return config
-    from wrapper.launch.docker_backend import CONTAINER_RUN_DIR, Mount, host_config
-
-    _, mounts = docker_setup(meta)
-    return host_config(config, [*mounts, Mount(run_dir, CONTAINER_RUN_DIR, read_only=False)])
-
-
-def launch_command(run_dir: Path) -> list[str]:
-    """What the supervisor runs, for --dry-run (locally: the resolved llamafactory-cli)."""
-    meta = runs.read_meta(run_dir)
-    if meta.backend == "docker":
-        return meta.command
-    return [llamafactory_cli(), *meta.command[1:]]
-
-
-def container_spec_for(run_dir: Path) -> dict[str, Any]:
-    """The container spec a docker run will be created with (secrets redacted)."""
-    from wrapper.launch.docker_backend import container_spec, redact_spec
-
-    meta = runs.read_meta(run_dir)
-    options, mounts = docker_setup(meta)
-    spec = container_spec(run_dir=run_dir, command=meta.command, options=options, env=meta.env, mounts=mounts)
-    return redact_spec(spec)
 
 
 def prepare_resume(run_dir: Path) -> Path:
@@ -165,7 +80,7 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
     if meta.backend == "local":  # fail here, in the caller, when a needed package is missing
         check_extras(read_config(run_dir), meta.env, llamafactory_cli())
     with (run_dir / "supervisor.log").open("ab") as log:
-        process = subprocess.Popen(
+        child = subprocess.Popen(
             [sys.executable, "-m", "wrapper.launch.supervisor", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -173,9 +88,9 @@ def launch(run_dir: Path) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     # the supervisor records the same itself when it starts; whichever comes first, cancel can verify it
-    identity = runs.process_identity(process.pid)
-    runs.update_meta(run_dir, pid=process.pid, pgid=process.pid, supervisor=identity)
-    return process
+    identity = process_identity(child.pid)
+    runs.update_meta(run_dir, pid=child.pid, pgid=child.pid, supervisor=identity)
+    return child
 
 
 def _lost(meta: runs.RunMeta) -> bool:
@@ -265,22 +180,15 @@ def cancel_run(run_dir: Path, grace: float = CANCEL_GRACE_SECONDS) -> runs.RunMe
         meta = refresh(run_dir)  # a lost run becomes failed ("lost") here
         leftovers = _leftovers(run_dir, meta)
         if leftovers:  # LLaMA-Factory outliving a killed supervisor, still holding the run's lock
-            _stop_pids(leftovers, grace)
+            stop_pids(leftovers, grace)
             note = f"`lfwrap runs cancel` stopped {len(leftovers)} leftover process(es)."
             return runs.update_meta(run_dir, error=[*meta.error, note])
         if was_lost:
             return meta
         raise RunError(f"Run {meta.name!r} already ended ({meta.status}); nothing to cancel.")
     # the supervisor leads the group (own session): its verified pid is the only group id signalled
-    if meta.pgid and runs.supervisor_alive(meta) and meta.pgid == (meta.supervisor or {}).get("pid"):
-        _signal_group(meta.pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while runs.group_alive(meta.pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if runs.group_alive(meta.pgid):
-            _signal_group(meta.pgid, signal.SIGKILL)
-            while runs.group_alive(meta.pgid):
-                time.sleep(0.1)
+    if meta.pgid and meta.pgid == (meta.supervisor or {}).get("pid"):
+        stop_group(meta.pgid, grace=grace, identity=meta.supervisor)
     meta = runs.read_meta(run_dir)
     if meta.status not in runs.FINISHED:
         meta = runs.update_meta(run_dir, status="cancelled", ended=runs.now())
@@ -295,35 +203,16 @@ def _leftovers(run_dir: Path, meta: runs.RunMeta) -> list[int]:
         lock.release()
         return []
     recorded = meta.supervisor or {}
-    if not recorded or recorded.get("boot_id") != runs.boot_id() or meta.pgid is None:
+    if not recorded or recorded.get("boot_id") != boot_id() or meta.pgid is None:
         return []
     if meta.pgid != recorded.get("pid"):
         return []
     found = []
-    for pid in runs.group_members(meta.pgid):
-        started = runs.start_time(pid)
+    for pid in group_members(meta.pgid):
+        started = start_time(pid)
         if started is not None and started >= recorded["start_time"]:
             found.append(pid)
     return found
-
-
-def _stop_pids(pids: list[int], grace: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while any(runs.start_time(pid) is not None for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def discard_run(run_dir: Path) -> None:

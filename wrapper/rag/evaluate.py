@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wrapper.errors import RagError
+from wrapper.pydantic_errors import first_message
 from wrapper.rag.retriever import Retriever
 
 
@@ -59,7 +60,7 @@ def load_questions(path: Path) -> list[Question]:
         try:
             questions.append(Question.model_validate(json.loads(line)))
         except (json.JSONDecodeError, ValidationError) as exc:
-            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else _first(exc)
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else first_message(exc, "row")
             raise RagError(
                 f"{path}:{n}: {detail}; each line must be "
                 '{"question": "...", "sources": ["file.md#0", "other.md"]}.'
@@ -67,11 +68,6 @@ def load_questions(path: Path) -> list[Question]:
     if not questions:
         raise RagError(f"{path} holds no questions.")
     return questions
-
-
-def _first(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}"
 
 
 def evaluate(retriever: Retriever, questions: list[Question], k: int = 4) -> EvalResult:

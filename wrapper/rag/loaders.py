@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper.errors import RagError
+from wrapper.pydantic_errors import first_message
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 
@@ -130,10 +131,8 @@ def _jsonl(path: Path) -> list[Part]:
         except json.JSONDecodeError as exc:
             raise RagError(f"{path}:{line_no}: not JSON ({exc.msg}); each line must be one object.") from exc
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "row"
             raise RagError(
-                f'{path}:{line_no}: {where}: {first["msg"]}; each row needs "text" and may have '
+                f'{path}:{line_no}: {first_message(exc, "row")}; each row needs "text" and may have '
                 '"id", "title" and "metadata".'
             ) from exc
         name = row.title or (f"row {row.id}" if row.id is not None else f"line {line_no}")

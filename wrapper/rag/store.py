@@ -12,7 +12,6 @@ Every problem reading it is raised by `LocalStore.open` as IndexMissingError or 
 
 from __future__ import annotations
 
-import difflib
 import fcntl
 import json
 import os
@@ -32,6 +31,7 @@ from wrapper import home
 from wrapper.errors import IndexBrokenError, IndexMissingError, UsageError
 from wrapper.rag.chunking import Chunk, Hit
 from wrapper.rag.lexical import LexicalIndex, top_k
+from wrapper.suggest import SENTENCE, did_you_mean
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -90,8 +90,7 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def _missing(folder: Path) -> IndexMissingError:
-    close = difflib.get_close_matches(folder.name, index_names(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(folder.name, index_names(), SENTENCE)
     return IndexMissingError(
         f"No retrieval index at {folder}; create it with `lfwrap rag index {folder.name} PATH...`.{hint}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
@@ -136,3 +137,20 @@ def test_usage_errors_exit_2_and_other_failures_exit_1(lfwrap) -> None:
     assert ours.stderr == "Error: --template and --config exclude each other; give one of them.\n"
     missing = lfwrap("runs", "show", "nope")  # not a usage error: the run does not exist
     assert missing.returncode == 1 and "No run named 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize(("args", "count"), [((), -1), (("--gpus", "none"), None), (("--no-gpus",), None)])
+def test_webui_gpus_reach_the_container_request(
+    engine, lfwrap, lfwrap_home: Path, monkeypatch, args, count
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(lfwrap_home / "hf"))
+    engine.hold = True  # the container "runs" but nothing answers on the port: the CLI gives up after 1 s
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = lfwrap("webui", "--backend", "docker", "--port", str(port), "--timeout", "1", *args)
+    assert proc.returncode == 1 and "did not answer" in proc.stderr, proc.stderr
+    [body] = engine.bodies("POST", "/containers/create")
+    requests = body["HostConfig"].get("DeviceRequests") or []
+    assert [request["Count"] for request in requests] == ([] if count is None else [count])
+    assert not engine.containers  # stopped and removed

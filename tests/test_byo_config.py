@@ -229,7 +229,7 @@ def test_data_check_a_registered_dataset_with_its_own_entry(lfwrap, repo: Path) 
 
 def test_train_config_and_template_exclude_each_other(lfwrap) -> None:
     proc = lfwrap("train", "--template", "sft_lora", "--config", "x.yaml")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "--template and --config exclude each other" in proc.stderr
 
 
@@ -256,7 +256,7 @@ def test_train_config_dry_run_records_absolute_paths(lfwrap, repo: Path) -> None
     assert f"output_dir: {repo / 'saves' / 'mine'}\n" in proc.stdout
     assert f"media_dir: {repo / 'data'}\n" in proc.stdout  # images stay where the config's data is
     proc = lfwrap("train", "--config", "examples/train_lora/llama3_lora_sft.yaml", "--set", "lora_rnak=4")
-    assert proc.returncode == 1 and "did you mean `lora_rank`" in proc.stderr
+    assert proc.returncode == 2 and "did you mean `lora_rank`" in proc.stderr
 
 
 def test_templates_list_shows_ppo_status(lfwrap) -> None:

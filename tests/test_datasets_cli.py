@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 
 
-def assert_user_error(proc, fragment: str) -> None:
-    assert proc.returncode == 1, proc
+def assert_user_error(proc, fragment: str, code: int = 1) -> None:
+    """A one-sentence error: exit 2 for a wrong command line (a usage error), 1 for bad data."""
+    assert proc.returncode == code, proc
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("Error: ")
     assert fragment in proc.stderr, proc.stderr
@@ -47,11 +48,11 @@ def test_check_bad_file_lists_rows_caps_and_exits_1(lfwrap):
 
 def test_check_options_are_validated(lfwrap):
     proc = lfwrap("data", "check", str(FIXTURES / "qa_custom.jsonl"), "--columns", "promt=question")
-    assert_user_error(proc, "--columns: unknown name 'promt' (did you mean 'prompt'?)")
+    assert_user_error(proc, "--columns: unknown name 'promt' (did you mean 'prompt'?)", code=2)
     proc = lfwrap("data", "check", str(FIXTURES / "qa_custom.jsonl"), "--columns", "prompt")
-    assert_user_error(proc, "is not key=value")
+    assert_user_error(proc, "is not key=value", code=2)
     proc = lfwrap("data", "check", str(FIXTURES / "qa_custom.jsonl"), "--formatting", "csv")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "'csv' is not one of" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "'csv' is not one of" in proc.stderr
 
 
 def test_check_dataset_info_json_reports_format_typo(lfwrap, tmp_path: Path):
@@ -89,7 +90,7 @@ def test_add_then_list(lfwrap, lfwrap_home: Path):
 def test_add_refuses_names_that_escape(lfwrap, lfwrap_home: Path, name: str):
     proc = lfwrap("data", "add", name, str(FIXTURES / "qa_custom.jsonl"), "--columns",
                   "prompt=question,response=answer")
-    assert_user_error(proc, "is not allowed")
+    assert_user_error(proc, "is not allowed", code=2)
     assert not (lfwrap_home / "escape.jsonl").exists()
     assert not (lfwrap_home / "datasets" / "registry.yaml").exists()
 
@@ -139,7 +140,7 @@ def test_remove_deletes_the_copy_and_the_entry(lfwrap, lfwrap_home: Path):
     assert "kept" not in _listed(lfwrap)
 
     assert_user_error(lfwrap("data", "remove", "my_qa"), "No dataset 'my_qa' to remove")
-    assert_user_error(lfwrap("data", "remove", "alpaca_demo"), "'alpaca_demo' is a bundled dataset")
+    assert_user_error(lfwrap("data", "remove", "alpaca_demo"), "'alpaca_demo' is a bundled dataset", code=2)
 
 
 def test_remove_brings_the_bundled_identity_back(lfwrap, lfwrap_home: Path):

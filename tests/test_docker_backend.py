@@ -474,7 +474,7 @@ def test_standin_as_me_runs_train_and_export_as_the_caller(engine, lfwrap, lfwra
         assert "/app/hf_home" in targets and not any(t.startswith("/root") for t in targets)
 
     refused = lfwrap("train", "--template", "sft_lora", "--as-me")
-    assert refused.returncode == 1 and "--as-me only applies to --backend docker" in refused.stderr
+    assert refused.returncode == 2 and "--as-me only applies to --backend docker" in refused.stderr
 
 
 def _free_port() -> int:
@@ -579,4 +579,4 @@ def test_train_shm_size_reaches_the_dry_run_spec(lfwrap):
     spec = json.loads(proc.stdout.split("# container spec (Engine API POST /containers/create)")[1])
     assert spec["HostConfig"]["IpcMode"] == "private" and spec["HostConfig"]["ShmSize"] == 2 * 1024**3
     proc = lfwrap("train", "-t", "sft_lora", "--shm-size", "2g", "--dry-run")
-    assert proc.returncode == 1 and "--shm-size only applies to --backend docker" in proc.stderr
+    assert proc.returncode == 2 and "--shm-size only applies to --backend docker" in proc.stderr

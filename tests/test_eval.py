@@ -145,14 +145,14 @@ def test_cli_refusals_are_one_sentence(lfwrap, lfwrap_home: Path, tmp_path: Path
     _finished("good")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    for args, expected in [
-        (("bad", "--dataset", "identity"), "Error: Run 'bad' is failed, not succeeded"),
-        (("good", "--dataset", "nope"), "Error: Dataset 'nope' is not registered"),
-        (("nope", "--dataset", "identity"), "Error: No run named 'nope'"),
-        (("good", "--dataset", "identity", "--out", str(tmp_path / "full")), "already holds files"),
+    for args, expected, code in [  # 2: a usage error (a wrong command line)
+        (("bad", "--dataset", "identity"), "Error: Run 'bad' is failed, not succeeded", 1),
+        (("good", "--dataset", "nope"), "Error: Dataset 'nope' is not registered", 1),
+        (("nope", "--dataset", "identity"), "Error: No run named 'nope'", 1),
+        (("good", "--dataset", "identity", "--out", str(tmp_path / "full")), "already holds files", 2),
     ]:
         proc = lfwrap("eval", *args)
-        assert proc.returncode == 1, proc.stdout
+        assert proc.returncode == code, proc.stdout
         assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (lfwrap_home / "runs" / "good" / "eval").exists()
     text = lfwrap("eval", "--help", check=True).stdout
@@ -268,7 +268,7 @@ def test_plan_with_rag_grounds_the_same_rows_for_a_third_model(lfwrap_home: Path
 
     _finished("conch")
     dataset = _menu_dataset()
-    with pytest.raises(UsageError, match="--rag grounds the rows of --dataset"):
+    with pytest.raises(UsageError, match="--rag-index grounds the rows of --dataset"):
         plan_eval("conch", rag="krusty-docs")
     with pytest.raises(Exception, match="No retrieval index .*krusty-docs"):
         plan_eval("conch", datasets=dataset, rag="krusty-docs")

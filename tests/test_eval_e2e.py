@@ -153,8 +153,8 @@ def test_eval_with_rag_runs_the_fine_tuned_model_on_grounded_rows(
     (docs / "who.md").write_text("# 你是谁\n\n请问你是谁？我是蟹堡王的神奇海螺。\n", encoding="utf-8")
     index, out = tmp_path / "who-index", tmp_path / "report"  # the session's identity home stays untouched
     env = {**OFFLINE, "LFWRAP_HOME": str(identity_run.home)}
-    index_paths(LocalTarget(index), "who", [docs])  # a route or --rag may name an index folder
-    proc = lfwrap("eval", "identity", "--dataset", "identity_demo", "--no-base", "--rag", str(index),
+    index_paths(LocalTarget(index), "who", [docs])  # a route or --rag-index may name an index folder
+    proc = lfwrap("eval", "identity", "--dataset", "identity_demo", "--no-base", "--rag-index", str(index),
                   "--json", "--out", str(out), "--max-new-tokens", "100", env=env)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)

@@ -54,7 +54,7 @@ def gateway_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
 
 def test_quick_start_requires_keys_then_serves(lfwrap):
     app = StandIn()
-    with serving(app) as up, gateway_process("--upstream", up.url, "--model", "conch") as (proc, url):
+    with serving(app) as up, gateway_process("--upstream", up.url, "--model-name", "conch") as (proc, url):
         refused = httpx.post(url + "/v1/chat/completions", json=CHAT)
         assert refused.status_code == 401 and "lfwrap keys create" in refused.json()["error"]["message"]
         key = lfwrap("keys", "create", check=True).stdout.strip()
@@ -75,7 +75,7 @@ def test_graceful_shutdown_lets_a_stream_finish():
     app = StandIn(chunks=6, interval_s=0.3)
     with (
         serving(app) as up,
-        gateway_process("--upstream", up.url, "--model", "conch", "--open") as (proc, url),
+        gateway_process("--upstream", up.url, "--model-name", "conch", "--open") as (proc, url),
     ):
         events: list[str] = []
 
@@ -100,15 +100,15 @@ def test_graceful_shutdown_lets_a_stream_finish():
 
 def test_usage_errors_are_one_sentence(lfwrap):
     half = lfwrap("gateway", "--upstream", "http://127.0.0.1:8000")
-    assert half.returncode == 1 and "--upstream and --model go together" in half.stderr
+    assert half.returncode == 2 and "--upstream and --model-name go together" in half.stderr
     none = lfwrap("gateway")
-    assert none.returncode == 1 and "No models to serve" in none.stderr
+    assert none.returncode == 2 and "No models to serve" in none.stderr
     exposed = lfwrap(
-        "gateway", "--upstream", "http://127.0.0.1:8000", "--model", "m", "--open", "--host", "0.0.0.0"
+        "gateway", "--upstream", "http://127.0.0.1:8000", "--model-name", "m", "--open", "--host", "0.0.0.0"
     )
-    assert exposed.returncode == 1 and "Refusing to run without API keys on 0.0.0.0" in exposed.stderr
+    assert exposed.returncode == 2 and "Refusing to run without API keys on 0.0.0.0" in exposed.stderr
     placeholder = lfwrap(
-        "gateway", "--upstream", "http://127.0.0.1:8000", "--model", "m", "--upstream-key", "changeme"
+        "gateway", "--upstream", "http://127.0.0.1:8000", "--model-name", "m", "--upstream-key", "changeme"
     )
     assert placeholder.returncode == 1 and "placeholder" in placeholder.stderr
     for result in (half, none, exposed, placeholder):
@@ -118,5 +118,5 @@ def test_usage_errors_are_one_sentence(lfwrap):
 def test_help_ends_with_examples(lfwrap):
     text = lfwrap("gateway", "--help").stdout
     assert text.rstrip().splitlines()[-1].strip().startswith("$ ")
-    assert "$ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch" in text
+    assert "$ lfwrap gateway --upstream http://127.0.0.1:8000 --model-name conch" in text
     assert "answers 401 to every request until you" in text

@@ -25,7 +25,7 @@ def test_webui_on_a_public_address_warns_that_it_has_no_authentication(lfwrap) -
         sock.listen()
         port = sock.getsockname()[1]
         proc = lfwrap("webui", "--host", "0.0.0.0", "--port", str(port))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the taken port: a usage error
     assert "warning: LLaMA Board has no authentication" in proc.stderr
     quiet = lfwrap("webui", "--image", "x:1")  # loopback (the default): no warning
     assert "no authentication" not in quiet.stderr

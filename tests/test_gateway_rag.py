@@ -226,7 +226,8 @@ def test_missing_or_broken_index_stops_the_start(tmp_path):
 
 def test_cli_refuses_to_start_on_a_missing_index(lfwrap):
     result = lfwrap(
-        "gateway", "--upstream", "http://127.0.0.1:9", "--model", "conch", "--rag-index", "nope", "--open"
+        "gateway", "--upstream", "http://127.0.0.1:9", "--model-name", "conch", "--rag-index", "nope",
+        "--open",
     )
     assert result.returncode == 1
     assert "Model 'conch' (rag.index 'nope'): No retrieval index" in result.stderr

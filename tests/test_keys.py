@@ -68,7 +68,7 @@ def test_cli_create_list_revoke(lfwrap, lfwrap_home: Path):
 
 def test_cli_rejects_bad_rpm_and_help_has_examples(lfwrap):
     bad = lfwrap("keys", "create", "--rpm", "0")
-    assert bad.returncode == 1 and "--rpm" in bad.stderr
+    assert bad.returncode == 2 and "--rpm" in bad.stderr  # click's usage error
     for args in (
         ("keys", "--help"),
         ("keys", "create", "--help"),

@@ -165,16 +165,16 @@ def test_dry_run_docker_shows_the_container_spec(lfwrap) -> None:
 
 def test_cli_errors_are_one_sentence(lfwrap) -> None:
     proc = lfwrap("train", "--template", "sft_lora", "--name", "../x")
-    assert proc.returncode == 1 and "not allowed" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "not allowed" in proc.stderr and "Traceback" not in proc.stderr
     proc = lfwrap("train", "--resume")
-    assert proc.returncode == 1 and "--resume needs --name" in proc.stderr
+    assert proc.returncode == 2 and "--resume needs --name" in proc.stderr
     for command in (("serve", "nope"), ("export", "nope")):  # refused before any "Starting ..." line
         proc = lfwrap(*command)
         assert proc.returncode == 1 and proc.stderr.startswith("Error: No run named 'nope'"), proc.stderr
     proc = lfwrap("runs", "show", "nope")
     assert proc.returncode == 1 and "No run named 'nope'" in proc.stderr
     proc = lfwrap("serve")
-    assert proc.returncode == 1 and "either a run name or --model" in proc.stderr
+    assert proc.returncode == 2 and "either a run name or --model" in proc.stderr
 
 
 def test_runs_table_lists_runs(lfwrap, lfwrap_home: Path) -> None:
@@ -268,7 +268,7 @@ def test_runs_remove_deletes_finished_runs_only(lfwrap, lfwrap_home: Path, tmp_p
     queued = materialize(plan_run(HAND_CONFIG, name="queued"))
 
     asked = lfwrap("runs", "remove", "done")  # no terminal to ask on: --yes is required
-    assert asked.returncode == 1 and "add --yes to delete without asking" in asked.stderr
+    assert asked.returncode == 2 and "add --yes to delete without asking" in asked.stderr
     assert "done (2.0 MB)" in asked.stderr and done.is_dir()
     typo = lfwrap("runs", "remove", "done", "dnoe", "--yes")  # every name is checked before anything goes
     assert typo.returncode == 1 and "No run named 'dnoe'" in typo.stderr and done.is_dir()

@@ -50,16 +50,16 @@ def test_index_query_eval_list_show_remove(tmp_path: Path) -> None:
 
 def test_errors_are_one_sentence(tmp_path: Path) -> None:
     run_lfwrap("rag", "index", "krusty", str(DOCS), check=True)
-    for args, expected in [
-        (("rag", "query", "krusy", "x"), "No retrieval index at"),
-        (("rag", "show", "nope"), "create it with `lfwrap rag index nope PATH...`"),
-        (("rag", "index", "bad/name", str(DOCS)), "is not a valid index name"),
-        (("rag", "index", "x", str(tmp_path / "missing")), "does not exist"),
-        (("rag", "eval", "krusty", str(DOCS / "menu.md")), "menu.md:1:"),
-        (("rag", "remove", "nope"), "No retrieval index at"),
+    for args, expected, code in [  # 2: a usage error (a wrong command line)
+        (("rag", "query", "krusy", "x"), "No retrieval index at", 1),
+        (("rag", "show", "nope"), "create it with `lfwrap rag index nope PATH...`", 1),
+        (("rag", "index", "bad/name", str(DOCS)), "is not a valid index name", 2),
+        (("rag", "index", "x", str(tmp_path / "missing")), "does not exist", 1),
+        (("rag", "eval", "krusty", str(DOCS / "menu.md")), "menu.md:1:", 1),
+        (("rag", "remove", "nope"), "No retrieval index at", 1),
     ]:
         proc = run_lfwrap(*args)
-        assert proc.returncode == 1, args
+        assert proc.returncode == code, args
         assert proc.stderr.startswith("Error: ") and expected in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     manifest = json.loads(run_lfwrap("rag", "show", "krusty", "--json", check=True).stdout)

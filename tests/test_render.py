@@ -421,7 +421,7 @@ def test_cli_templates_show(lfwrap) -> None:
     rendered = proc.stdout.split("Rendered with defaults:\n", 1)[1]
     assert yaml.safe_load(rendered)["stage"] == "dpo"
     bad = lfwrap("templates", "show", "dpo")
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # a usage error
     assert bad.stderr.startswith("Error: Unknown template `dpo`")
 
 
@@ -444,18 +444,18 @@ def test_cli_render_warnings_to_stderr(lfwrap) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "first_line"),
+    ("args", "first_line", "code"),  # 2: a usage error (a wrong command line); 1: a config that fails
     [
-        (["-t", "nope"], "Error: Unknown template `nope`; run `lfwrap templates` to list them."),
-        (["-t", "sft_lora", "--set", "lora_rnak=1"], "Error: --set lora_rnak=1: `lora_rnak` is neither"),
-        (["-t", "sft_lora", "--set", "cutoff_len=long"], "Error: --set cutoff_len=long: `cutoff_len` "),
-        (["-t", "sft_lora", "--set", "dataset=missing"], "Error: Template `sft_lora` renders a config "),
-        (["-t", "sft_lora", "-o", "/nonexistent/dir/x.yaml"], "Error: Cannot write /nonexistent/dir/x.yaml"),
+        (["-t", "nope"], "Error: Unknown template `nope`; run `lfwrap templates` to list them.", 2),
+        (["-t", "sft_lora", "--set", "lora_rnak=1"], "Error: --set lora_rnak=1: `lora_rnak` is neither", 2),
+        (["-t", "sft_lora", "--set", "cutoff_len=long"], "Error: --set cutoff_len=long: `cutoff_len` ", 2),
+        (["-t", "sft_lora", "--set", "dataset=missing"], "Error: Template `sft_lora` renders a config ", 1),
+        (["-t", "sft_lora", "-o", "/nonexistent/x/y.yaml"], "Error: Cannot write /nonexistent/x/y.yaml", 2),
     ],
 )
-def test_cli_render_errors_are_one_sentence_exit_1(lfwrap, args: list[str], first_line: str) -> None:
+def test_cli_render_errors_are_one_sentence(lfwrap, args: list[str], first_line: str, code: int) -> None:
     proc = lfwrap("render", *args)
-    assert proc.returncode == 1
+    assert proc.returncode == code
     assert proc.stderr.startswith(first_line)
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 

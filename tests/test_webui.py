@@ -160,7 +160,7 @@ def test_cli_help_ends_with_examples(lfwrap) -> None:
 
 def test_cli_errors_are_one_sentence(lfwrap) -> None:
     proc = lfwrap("webui", "--image", "x:1")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "Error: --image only applies to --backend docker; add --backend docker or drop --image."
     )
@@ -169,5 +169,5 @@ def test_cli_errors_are_one_sentence(lfwrap) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         proc = lfwrap("webui", "--port", str(port))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"port {port} on 127.0.0.1 is not available" in proc.stderr and "--port" in proc.stderr

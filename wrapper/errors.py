@@ -1,7 +1,8 @@
 """Every error lfwrap raises on purpose.
 
     LfwrapError                 base; the CLI prints str(error) as one sentence and exits 1
-    ├── UsageError              bad command-line input (unknown template, malformed --set, bad name)
+    ├── UsageError              bad command-line input (unknown template, malformed --set, bad name);
+    │                           exits 2, like click's own usage errors
     ├── ConfigError             a config that fails validation; carries the full list of problems
     ├── DatasetError            a dataset file or dataset_info.json that is malformed
     ├── RunError                a run directory that is missing, busy or in the wrong state

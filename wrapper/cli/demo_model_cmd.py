@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from wrapper.cli.options import out_option
 from wrapper.home import models_dir
 
 HELP = """Build the tiny demo Llama and its tokenizer locally (no download, same bytes every time).
@@ -23,12 +24,7 @@ Examples:
 
 
 @click.command("demo-model", help=HELP)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where to write the model (default: $LFWRAP_HOME/models/tiny-llama).",
-)
+@out_option("Where to write the model (default: $LFWRAP_HOME/models/tiny-llama).")
 def demo_model(out: Path | None) -> None:
     from wrapper.demo_model import build_demo_model
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from wrapper.cli.options import dataset_option, out_option, renamed
+
 if TYPE_CHECKING:
     from wrapper.evaluate.execute import Event
     from wrapper.evaluate.plan import EvalPlan
@@ -23,7 +25,7 @@ differences marked), loss.png, metrics.json and predictions.jsonl.
 Rows: the run's own eval split (eval_dataset, or the val_size split it held out) unless --dataset
 names registered datasets.
 
---rag INDEX also runs the fine-tuned model on the same --dataset rows grounded in a `lfwrap rag` index
+--rag-index INDEX also runs the fine-tuned model on the same --dataset rows grounded in a `lfwrap rag` index
 (the chunks retrieved for each question merged into its system prompt, as the gateway does):
 metrics.json gets "tuned_rag" next to "tuned", and "rag" (index, top_k, rows_with_sources).
 
@@ -33,19 +35,19 @@ Examples:
   $ lfwrap eval conch --dataset alpaca_demo,identity --max-samples 50 --json
   $ lfwrap eval conch                          # a run trained with --set val_size=0.1
   $ lfwrap eval conch --no-base --out reports/conch
-  $ lfwrap eval conch --dataset menu_qa --rag krusty-docs --no-base
+  $ lfwrap eval conch --dataset menu_qa --rag-index krusty-docs --no-base
 """
 
 
 @click.command("eval", help=HELP)
 @click.argument("run")
-@click.option("--dataset", metavar="NAME[,NAME]", help="Registered dataset(s) to evaluate on.")
+@dataset_option
 @click.option(
     "--max-samples", type=click.IntRange(min=1), metavar="N", help="At most the first N rows of each dataset."
 )
 @click.option("--no-base", is_flag=True, help="Evaluate the fine-tuned model only.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json (progress goes to stderr).")
-@click.option("--out", type=click.Path(path_type=Path), metavar="DIR", help="Report folder (new or empty).")
+@out_option("Report folder (new or empty) [default: RUN/eval/<time>].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), metavar="N", help="Longest answer [512].")
 @click.option(
     "--batch-size",
@@ -53,7 +55,12 @@ Examples:
     metavar="N",
     help="Prompts per batch [the run's eval batch, else 8].",
 )
-@click.option("--rag", "rag", metavar="INDEX", help="Also run the fine-tuned model grounded in this index.")
+@click.option(
+    "--rag-index",
+    "rag",
+    metavar="INDEX",
+    help="Also run the fine-tuned model grounded in this `lfwrap rag` index.",
+)
 @click.option(
     "--rag-top-k",
     type=click.IntRange(min=1, max=100),
@@ -61,6 +68,7 @@ Examples:
     show_default=True,
     help="Chunks per question.",
 )
+@renamed("--rag", "--rag-index", "rag", metavar="INDEX")
 def eval_(
     run: str,
     dataset: str | None,

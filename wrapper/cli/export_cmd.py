@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from wrapper.cli.options import backend_option, out_option, set_option
+
 HELP = """Merge a finished run's LoRA adapter into its base model (the merge_lora template and
 `llamafactory-cli export`) and write a standalone model folder that transformers, vLLM or
 `lfwrap serve --model` load without the adapter.
@@ -14,17 +16,17 @@ HELP = """Merge a finished run's LoRA adapter into its base model (the merge_lor
 Examples:
   $ lfwrap export conch                              # -> $LFWRAP_HOME/runs/conch/merged
   $ lfwrap export conch --out ./conch-merged
-  $ lfwrap export conch --out ./conch-merged --force  # replace what an earlier export wrote there
+  $ lfwrap export conch -o ./conch-merged --force     # replace what an earlier export wrote there
   $ lfwrap export conch --set export_size=2 --backend docker
-  $ lfwrap serve --model ./conch-merged --template default
+  $ lfwrap serve --model ./conch-merged --chat-template default
 """
 
 
 @click.command("export", help=HELP)
 @click.argument("run")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Target folder.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="merge_lora variable or key.")
-@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True)
+@out_option("Folder for the merged model (default: the run's `merged` folder).")
+@set_option
+@backend_option
 @click.option("--force", is_flag=True, help="Write into an --out folder that is not empty.")
 def export(run: str, out: Path | None, sets: tuple[str, ...], backend: str, force: bool) -> None:
     from wrapper.launch.export import export_run

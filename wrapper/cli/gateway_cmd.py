@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from wrapper.cli.options import host_option, model_name_option, port_option, renamed
 from wrapper.errors import UsageError
 
 
@@ -57,9 +58,9 @@ gateway.yaml:
     epilog="""\b
 Examples:
   $ lfwrap keys create                       # prints the key once
-  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model-name conch
   $ lfwrap gateway --config gateway.yaml --port 8080
-  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch --rag-index krusty-docs
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model-name conch --rag-index krusty-docs
   $ lfwrap gateway --config gateway.yaml --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   $ LFWRAP_PORT=9000 lfwrap gateway --config gateway.yaml
 """,
@@ -67,12 +68,12 @@ Examples:
 @click.option(
     "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Gateway YAML file."
 )
-@click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Listen port (default 8080).")
-@click.option("--upstream", default=None, help="Quick start: URL of one LLaMA-Factory API server.")
+@host_option(None, "Address to listen on (default 127.0.0.1).")
+@port_option(None, "Port to listen on (default 8080; 0 picks a free one).", lowest=0)
 @click.option(
-    "--model", "model", default=None, help="Quick start: the model name callers use for --upstream."
+    "--upstream", metavar="URL", default=None, help="Quick start: URL of one LLaMA-Factory API server."
 )
+@model_name_option("Quick start: the name callers send as `model` to reach --upstream (the route's name).")
 @click.option(
     "--upstream-key",
     envvar="LFWRAP_UPSTREAM_KEY",
@@ -94,7 +95,7 @@ Examples:
 @click.option(
     "--rag-index",
     default=None,
-    help="Ground --model's chat requests in this `lfwrap rag` index (top_k 4, max_context_tokens 1500).",
+    help="Ground --model-name's chat requests in this `lfwrap rag` index (top_k 4, max_context_tokens 1500).",
 )
 @click.option(
     "--tls-cert",
@@ -109,13 +110,20 @@ Examples:
     help="PEM private key for --tls-cert.",
 )
 @click.option("--open", "open_", is_flag=True, help="Accept requests without an API key (loopback only).")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Least severe log lines to print.",
+)
+@renamed("--model", "--model-name", "model_name")
 def gateway(
     config: Path | None,
     host: str | None,
     port: int | None,
     upstream: str | None,
-    model: str | None,
+    model_name: str | None,
     upstream_key: str | None,
     max_concurrency: int | None,
     tokenizer: Path | None,
@@ -129,13 +137,14 @@ def gateway(
     from wrapper.gateway.keys import KeyStore
     from wrapper.gateway.settings import ModelRoute, load_settings
 
-    if (upstream is None) != (model is None):
+    if (upstream is None) != (model_name is None):
         raise UsageError(
-            "--upstream and --model go together: --upstream http://127.0.0.1:8000 --model conch."
+            "--upstream and --model-name go together: --upstream http://127.0.0.1:8000 --model-name conch."
         )
     if rag_index is not None and upstream is None:
         raise UsageError(
-            "--rag-index goes with --upstream and --model; in a --config file give the route a `rag:` block."
+            "--rag-index goes with --upstream and --model-name; in a --config file give the route a `rag:` "
+            "block."
         )
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together: pass both to serve HTTPS.")
@@ -147,21 +156,21 @@ def gateway(
         "tls_key": tls_key,
     }
     settings = load_settings(config, **flags)
-    if upstream is not None and model is not None:
+    if upstream is not None and model_name is not None:
         quick = {
-            "name": model,
+            "name": model_name,
             "upstream": upstream,
             "upstream_key": upstream_key,
             "max_concurrency": max_concurrency or 1,
             "tokenizer": tokenizer,
             "rag": {"index": rag_index} if rag_index else None,
         }
-        models = [r.model_dump() for r in settings.models if r.name != model]
+        models = [r.model_dump() for r in settings.models if r.name != model_name]
         models.append({k: v for k, v in quick.items() if v is not None})
         settings = load_settings(config, **flags, models=[ModelRoute.model_validate(m) for m in models])
     if not settings.models:
         raise UsageError(
-            "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
+            "No models to serve: pass --upstream URL --model-name NAME, or a --config file with `models:`."
         )
     if settings.auth == "open" and not is_loopback(settings.host):
         raise UsageError(

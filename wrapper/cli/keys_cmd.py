@@ -57,7 +57,7 @@ Examples:
     "--models",
     "models",
     multiple=True,
-    help="Models this key may use (repeat or comma-separate); default: every model.",
+    help="Model names (the gateway's routes) this key may use; repeat or comma-separate; default: all.",
 )
 @click.option(
     "--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute allowed (default: no limit)."

@@ -12,7 +12,9 @@ import sys
 import click
 
 from wrapper import __version__
-from wrapper.errors import LfwrapError
+from wrapper.errors import LfwrapError, UsageError
+
+USAGE_EXIT = 2  # a wrong command line, as click's own usage errors; any other failure exits 1
 
 # name -> (module:attribute, one-line help shown in `lfwrap --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,7 +44,7 @@ Quick start (tiny demo model, runs on a CPU in minutes):
   $ lfwrap train -t sft_lora --model ~/.lfwrap/models/tiny-llama --set template=default --name conch
   $ lfwrap serve conch                                 # LLaMA-Factory API server on :8000
   $ export OPENAI_API_KEY=$(lfwrap keys create)        # in another terminal
-  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model conch   # OpenAI-compatible on :8080
+  $ lfwrap gateway --upstream http://127.0.0.1:8000 --model-name conch   # OpenAI-compatible on :8080
 
 \b
 Check before you launch:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code if exc.exit_code != 2 else 1)
+        sys.exit(exc.exit_code)  # 2 for a usage error, as click does
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except LfwrapError as exc:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         problems = getattr(exc, "problems", None)
         for problem in problems or []:
             click.echo(f"  {problem}", err=True)
-        sys.exit(1)
+        sys.exit(USAGE_EXIT if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

@@ -28,6 +28,17 @@ _POSTGRES = click.option(
 )
 
 
+_TOP_K = click.option(
+    "-k",
+    "--top-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Chunks to retrieve.",
+)
+
+
 @click.group(
     help=_HELP,
     epilog="""\b
@@ -210,7 +221,7 @@ Examples:
 )
 @click.argument("name")
 @click.argument("question")
-@click.option("-k", "--top-k", "top_k", type=click.IntRange(min=1), default=4, show_default=True)
+@_TOP_K
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop chunks scoring less.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits (with their text) as JSON.")
 @_POSTGRES
@@ -248,7 +259,7 @@ Examples:
 )
 @click.argument("name")
 @click.argument("questions", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-k", "--top-k", "top_k", type=click.IntRange(min=1), default=4, show_default=True)
+@_TOP_K
 @click.option("--json", "as_json", is_flag=True, help="Print the figures and each question's result as JSON.")
 @_POSTGRES
 def eval_(name: str, questions: Path, top_k: int, as_json: bool, postgres: str | None) -> None:

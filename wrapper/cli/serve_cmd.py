@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import click
 
+from wrapper.cli.options import (
+    backend_option,
+    chat_template_option,
+    host_option,
+    model_name_option,
+    model_option,
+    port_option,
+    renamed,
+    set_option,
+)
 from wrapper.errors import UsageError
 
 HELP = """Serve a finished run (base model + its LoRA adapter) or a model folder with LLaMA-Factory's
@@ -17,7 +27,7 @@ other than loopback it refuses to start without --api-key. Request bodies are no
 Examples:
   $ lfwrap serve conch
   $ lfwrap serve conch --port 8001 --api-key sk-local --model-name conch
-  $ lfwrap serve --model ~/.lfwrap/runs/conch/merged --template default
+  $ lfwrap serve --model ~/.lfwrap/runs/conch/merged --chat-template default
   $ lfwrap serve conch --backend docker
   $ lfwrap serve conch --host 0.0.0.0 --api-key "$LF_API_KEY"     # off loopback: a key is required
 """
@@ -25,18 +35,19 @@ Examples:
 
 @click.command("serve", help=HELP)
 @click.argument("run", required=False)
-@click.option("--model", "model", metavar="PATH", help="Serve this model folder or hub id instead of a run.")
-@click.option("--template", metavar="NAME", help="Chat template for --model (default: the infer template's).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Infer template variable or key.")
-@click.option("--backend", type=click.Choice(["local", "docker"]), default="local", show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@model_option("Serve this model instead of a run")
+@chat_template_option
+@set_option
+@backend_option
+@host_option("127.0.0.1")
+@port_option(8000)
 @click.option("--api-key", envvar="LFWRAP_API_KEY", help="Require this bearer key (API_KEY).")
-@click.option("--model-name", help="Model name the server reports (API_MODEL_NAME).")
+@model_name_option("The name callers send as `model`, which the server reports (API_MODEL_NAME).")
+@renamed("--template", "--chat-template", "chat_template", metavar="NAME")
 def serve(
     run: str | None,
     model: str | None,
-    template: str | None,
+    chat_template: str | None,
     sets: tuple[str, ...],
     backend: str,
     host: str,
@@ -68,7 +79,7 @@ def serve(
     if run:
         server = serve_run(run, sets=sets, **options)
     else:
-        server = serve_model(str(model), template=template, sets=sets, **options)
+        server = serve_model(str(model), template=chat_template, sets=sets, **options)
     try:
         click.echo(f"Serving at {server.url}/v1 (log: {server.log_path}); Ctrl-C stops it.")
         server.wait()

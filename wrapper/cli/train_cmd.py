@@ -10,6 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from wrapper.cli.options import (
+    backend_option,
+    dataset_option,
+    image_option,
+    model_option,
+    no_data_check_option,
+    set_option,
+    template_option,
+)
 from wrapper.errors import LaunchError, UsageError
 from wrapper.launch.distributed import DistributedOptions, distributed_options
 
@@ -46,30 +55,18 @@ Examples:
 
 
 @click.command("train", help=HELP)
-@click.option("--template", "-t", "template", metavar="NAME", help="Train template (see `lfwrap templates`).")
+@template_option()
 @click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Your own LLaMA-Factory training YAML, instead of --template.",
 )
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Template variable or LLaMA-Factory key; repeatable.",
-)
-@click.option("--model", metavar="M", help="Base model: hub id or local folder (model_name_or_path).")
-@click.option("--dataset", metavar="D", help="Dataset name(s) from the registry, comma-separated.")
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "docker"]),
-    default="local",
-    show_default=True,
-    help="Run LLaMA-Factory here or in the hiyouga/llamafactory container.",
-)
-@click.option("--image", metavar="IMAGE", help="Container image for --backend docker.")
+@set_option
+@model_option("Base model to fine-tune")
+@dataset_option
+@backend_option
+@image_option
 @click.option(
     "--as-me",
     is_flag=True,
@@ -85,7 +82,7 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Show the resolved config and launch command, then stop.")
 @click.option("--detach", is_flag=True, help="Start in the background and return at once.")
 @click.option("--resume", is_flag=True, help="Continue run --name from its last checkpoint.")
-@click.option("--no-data-check", is_flag=True, help="Don't check the datasets' rows first (very large sets).")
+@no_data_check_option
 @distributed_options
 def train(
     template: str | None,

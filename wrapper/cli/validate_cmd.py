@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from wrapper.cli.options import no_data_check_option
 from wrapper.validate import validate_file
 
 HELP = """Check any LLaMA-Factory YAML config, ours or hand-written, in well under a second.
@@ -44,7 +45,7 @@ def _plural(count: int, word: str) -> str:
 @click.command(help=HELP, epilog=EXAMPLES)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems and the summary.")
-@click.option("--no-data-check", is_flag=True, help="Don't read the datasets' rows (for very large sets).")
+@no_data_check_option
 def validate(files: tuple[Path, ...], quiet: bool, no_data_check: bool) -> None:
     errors = warnings = 0
     for path in files:

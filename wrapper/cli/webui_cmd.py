@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Literal
 
 import click
+
+from wrapper.cli.options import backend_option, gpus_option, host_option, image_option, port_option, renamed
 
 HELP = """Start LLaMA-Factory's web UI (LLaMA Board) with lfwrap's datasets and saves.
 
@@ -14,44 +18,35 @@ until Ctrl-C, which stops it.
 
 \b
 --backend local   runs `llamafactory-cli webui` here (needs `pip install 'lfwrap[local]'`; CPU works)
---backend docker  runs the LLaMA-Factory image with all GPUs, like `docker compose up webui`
+--backend docker  runs the LLaMA-Factory image with all GPUs (--gpus), like `docker compose up webui`
 
 \b
 Examples:
   $ lfwrap webui                                  # http://127.0.0.1:7860/
   $ lfwrap webui --port 7861
   $ lfwrap webui --backend docker --host 0.0.0.0
-  $ lfwrap webui --backend docker --image hiyouga/llamafactory:0.9.5 --no-gpus
+  $ lfwrap webui --backend docker --image hiyouga/llamafactory:0.9.5 --gpus none
+  $ lfwrap webui --gpus 1                         # CUDA_VISIBLE_DEVICES=1
 """
 
 
 @click.command(help=HELP)
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "docker"]),
-    default="local",
-    show_default=True,
-    help="Run LLaMA-Factory here or in its Docker image.",
-)
-@click.option(
-    "--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="Port to listen on."
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--image",
-    default=None,
-    help="Docker backend: LLaMA-Factory image [default: hiyouga/llamafactory:latest].",
-)
-@click.option("--gpus/--no-gpus", default=True, show_default=True, help="Docker backend: request all GPUs.")
+@backend_option
+@port_option(7860)
+@host_option("127.0.0.1")
+@image_option
+@gpus_option
 @click.option(
     "--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the UI to answer."
 )
-def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, timeout: float) -> None:
+@renamed("--no-gpus", "--gpus none", "gpus", flag_value="none")
+def webui(backend: str, port: int, host: str, image: str | None, gpus: str | None, timeout: float) -> None:
     from wrapper import webui as lib
     from wrapper.errors import LaunchError, UsageError
 
     if image and backend != "docker":
         raise UsageError("--image only applies to --backend docker; add --backend docker or drop --image.")
+    devices = _devices(gpus, backend)
     from wrapper.cli.gateway_cmd import is_loopback
 
     if not is_loopback(host):
@@ -62,9 +57,11 @@ def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, tim
             err=True,
         )
     if backend == "local":
+        if devices != "all":  # the UI's trainings inherit it
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         ui = lib.start_local(host=host, port=port)
     else:
-        ui = lib.start_docker(host=host, port=port, image=image or lib.DEFAULT_IMAGE, gpus=gpus)
+        ui = lib.start_docker(host=host, port=port, image=image or lib.DEFAULT_IMAGE, gpus=devices == "all")
     try:
         click.echo(f"Starting LLaMA-Factory's web UI ({backend}); waiting for {ui.url} ...", err=True)
         lib.wait_ready(ui, timeout=timeout)
@@ -78,3 +75,16 @@ def webui(backend: str, port: int, host: str, image: str | None, gpus: bool, tim
         click.echo("Stopping the web UI ...", err=True)
     finally:
         ui.stop()
+
+
+def _devices(gpus: str | None, backend: str) -> Literal["all"] | list[str]:
+    from wrapper.errors import UsageError
+    from wrapper.launch.distributed import parse_gpus
+
+    devices = parse_gpus(gpus) if gpus is not None else "all"
+    if backend == "docker" and devices not in ("all", []):
+        raise UsageError(
+            f"--gpus {gpus}: the web UI's container takes all GPUs or none; use --gpus all or --gpus none, "
+            "or --backend local to choose devices."
+        )
+    return devices

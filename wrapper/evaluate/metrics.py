@@ -4,8 +4,8 @@ metrics.json, per model (exactly these keys; "base" is null with --no-base):
     bleu-4, rouge-1, rouge-2, rouge-l   LLaMA-Factory's own (predict_results.json), percentages 0-100
     exact_match                         percentage of answers equal to the reference (both stripped)
     eval_loss                           mean token cross-entropy of the reference answers (eval_results.json)
-With --rag INDEX, also "tuned_rag" (the same keys: the fine-tuned model on the same rows, each grounded in
-INDEX) and "rag": {index, top_k, max_context_tokens, rows_with_sources}; without it both are absent.
+With --rag-index INDEX, also "tuned_rag" (the same keys: the fine-tuned model on the same rows, each grounded
+in INDEX) and "rag": {index, top_k, max_context_tokens, rows_with_sources}; without it both are absent.
 The report and the summary add the mean answer length (characters, stripped), from predictions.jsonl.
 """
 

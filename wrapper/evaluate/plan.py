@@ -9,7 +9,7 @@ exactly those rows, both rendered from the `predict` template with the run's cha
     loss     do_eval without generation: eval_results.json with eval_loss, the mean token
              cross-entropy of the reference answers (LLaMA-Factory computes no loss while it generates)
 
-With --rag INDEX, a third model, `tuned_rag`: the fine-tuned model on the same rows grounded in INDEX
+With --rag-index INDEX, a third model, `tuned_rag`: the fine-tuned model on the same rows grounded in INDEX
 (evaluate/rag.py).
 """
 
@@ -57,7 +57,7 @@ class EvalPlan:
     out: Path  # the report folder
     models: tuple[str, ...]
     passes: tuple[Pass, ...]
-    rag: RagEval | None = None  # --rag: the grounded rows, written into out/RAG_DIR at the start
+    rag: RagEval | None = None  # --rag-index: the grounded rows, written into out/RAG_DIR at the start
 
     def folder(self, item: Pass) -> Path:
         return Path(item.config["output_dir"])
@@ -216,7 +216,7 @@ def plan_eval(
     _check_model_files(run_dir, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
     if rag is not None and datasets is None:
         raise UsageError(
-            "--rag grounds the rows of --dataset: name them, e.g. --dataset identity --rag INDEX."
+            "--rag-index grounds the rows of --dataset: name them, e.g. --dataset identity --rag-index INDEX."
         )
     data, dataset, note = data_keys(config, name, datasets, max_samples)
     folder = report_folder(run_dir, out)

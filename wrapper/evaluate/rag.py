@@ -1,4 +1,4 @@
-"""`lfwrap eval RUN --dataset NAME --rag INDEX`: the fine-tuned model with retrieval, on the same rows.
+"""`lfwrap eval RUN --dataset NAME --rag-index INDEX`: the fine-tuned model with retrieval, on the same rows.
 
 The rows of --dataset (alpaca format; the first --max-samples of each) are grounded as the gateway grounds
 a chat request: retrieval on the row's question (instruction + input) and its earlier user turns, the chunks
@@ -44,8 +44,9 @@ class RagEval:
 def _rows(folder: Path, name: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
     if (entry.get("formatting") or "alpaca") != "alpaca" or not entry.get("file_name"):
         raise UsageError(
-            f"--rag grounds alpaca-format datasets from a local file; dataset '{name}' is "
-            f"{entry.get('formatting') or 'remote'}: evaluate it without --rag, or convert it to alpaca."
+            f"--rag-index grounds alpaca-format datasets from a local file; dataset '{name}' is "
+            f"{entry.get('formatting') or 'remote'}: evaluate it without --rag-index, or convert it to "
+            "alpaca."
         )
     path = folder / str(entry["file_name"])
     try:
@@ -119,7 +120,7 @@ def plan_rag_rows(
             rows.append(out)
             sources.append(tuple(str(s["id"]) for s in used))
     if not rows:
-        raise UsageError(f"--dataset {','.join(names)} has no rows to evaluate with --rag.")
+        raise UsageError(f"--dataset {','.join(names)} has no rows to evaluate with --rag-index.")
     return RagEval(index, top_k, max_context_tokens, tuple(rows), tuple(sources))
 
 

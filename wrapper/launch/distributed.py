@@ -186,6 +186,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def distributed_options(command: F) -> F:
     """Add the distributed flags to a click command; it receives them as one `distributed` argument."""
+    from wrapper.cli.options import gpus_option
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -205,12 +206,7 @@ def distributed_options(command: F) -> F:
         return command(*args, **kwargs)
 
     flags = [
-        click.option(
-            "--gpus",
-            metavar="all|none|IDS",
-            help="GPUs to use: all, none (CPU) or ids such as 0,1 (CUDA_VISIBLE_DEVICES or the "
-            "container's GPU request).",
-        ),
+        gpus_option,  # shared with `lfwrap webui`: one syntax everywhere
         click.option(
             "--nnodes",
             type=click.IntRange(min=1),

@@ -53,6 +53,16 @@ gateway.yaml:
       max_queue: 32
       tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
       rag: {index: krusty-docs, top_k: 4, min_score: 0.0, max_context_tokens: 1500}
+  fine_tuning:                  # OpenAI's /v1/files + /v1/fine_tuning/jobs; serves ft: models
+    backend: local
+    max_parallel_jobs: 1
+    files_max_bytes: 536870912
+    serve: {idle_stop_s: 900, max_resident: 2, ports: "18100-18199"}
+    base_models:
+      - name: tiny-demo
+        path: ~/.lfwrap/models/tiny-llama
+        template: default
+        overrides: {learning_rate: 5.0e-3, cutoff_len: 128, lora_rank: 16}
 """,
     epilog="""\b
 Examples:
@@ -159,9 +169,10 @@ def gateway(
         models = [r.model_dump() for r in settings.models if r.name != model]
         models.append({k: v for k, v in quick.items() if v is not None})
         settings = load_settings(config, **flags, models=[ModelRoute.model_validate(m) for m in models])
-    if not settings.models:
+    if not settings.models and settings.fine_tuning is None:
         raise UsageError(
-            "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:`."
+            "No models to serve: pass --upstream URL --model NAME, or a --config file with `models:` "
+            "or `fine_tuning:`."
         )
     if settings.auth == "open" and not is_loopback(settings.host):
         raise UsageError(
@@ -172,6 +183,14 @@ def gateway(
         click.echo(
             f"model {route.name} -> {route.upstream} (max_concurrency {route.max_concurrency}, "
             f"max_queue {route.max_queue})" + (f", rag index {route.rag.index}" if route.rag else ""),
+            err=True,
+        )
+    if settings.fine_tuning is not None:
+        ft = settings.fine_tuning
+        click.echo(
+            f"fine-tuning: /v1/files and /v1/fine_tuning/jobs on, base models "
+            f"{', '.join(b.name for b in ft.base_models) or '(none configured)'}, {ft.backend} backend, "
+            f"{ft.max_parallel_jobs} job(s) at a time, state in {ft.database_path}",
             err=True,
         )
     if settings.auth == "open":

@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wrapper.errors import GatewayError, Problem
+from wrapper.finetune.settings import FineTuningSettings
 from wrapper.home import home
 from wrapper.rag.route import RagRoute
 
@@ -183,6 +184,11 @@ class GatewaySettings(BaseSettings):
     access_log: bool = Field(
         default=True, description="One line per request on the lfwrap.gateway.access logger."
     )
+    fine_tuning: FineTuningSettings | None = Field(
+        default=None,
+        description="OpenAI's /v1/files and /v1/fine_tuning/jobs on this gateway, and its ft: models "
+        "(backend, max_parallel_jobs, files_max_bytes, serve, base_models, database).",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:
@@ -254,6 +260,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _field_names(loc: tuple[int | str, ...]) -> list[str]:
+    if loc[:1] == ("fine_tuning",):
+        from wrapper.finetune.settings import _known_keys
+
+        return _known_keys(loc[1:-1])
     model: Any = GatewaySettings
     for part in loc[:-1]:
         if part == "models":

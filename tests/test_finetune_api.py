@@ -251,3 +251,26 @@ def test_without_fine_tuning_the_endpoints_are_absent(tmp_path: Path) -> None:
         answer = httpx.get(server.url + "/v1/files")
         assert answer.status_code == 404 and _error(answer)["code"] == "not_found"
         assert "/v1/files" not in httpx.get(server.url + "/openapi.json").json()["paths"]
+
+
+def test_a_key_limited_to_models_and_the_settings_block(gateway, tmp_path: Path) -> None:
+    server, _, _ = gateway
+    from wrapper.gateway.settings import SettingsError, load_settings
+
+    limited = new_key(server.server.gateway.settings, models=["conch"])
+    client = OpenAI(base_url=server.url + "/v1", api_key=limited, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.chat.completions.create(
+            model="ft:tiny-demo::ftjob-x", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.code == "model_not_allowed"
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("fine_tuning:\n  max_paralel_jobs: 2\n  serve: {ports: '80-90'}\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as bad:
+        load_settings(config)
+    found = " ".join(problem.message for problem in bad.value.problems)
+    assert "fine_tuning.max_paralel_jobs: unknown key (did you mean 'max_parallel_jobs'?)" in found
+    assert "fine_tuning.serve.ports" in found
+    config.write_text(f"fine_tuning:\n  base_models: [{{name: m, path: {tmp_path}, template: default}}]\n")
+    assert load_settings(config).fine_tuning.base_models[0].name == "m"

@@ -274,3 +274,22 @@ def test_a_key_limited_to_models_and_the_settings_block(gateway, tmp_path: Path)
     assert "fine_tuning.serve.ports" in found
     config.write_text(f"fine_tuning:\n  base_models: [{{name: m, path: {tmp_path}, template: default}}]\n")
     assert load_settings(config).fine_tuning.base_models[0].name == "m"
+
+
+def test_lfwrap_jobs_against_the_gateway(gateway, lfwrap) -> None:
+    server, client, key = gateway
+    bad = client.files.create(file=("bad.jsonl", b"not json\n"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny-demo", training_file=bad.id, suffix="cli")
+    _wait_status(client, job.id, ("failed",))
+    env = {"LFWRAP_GATEWAY_URL": server.url + "/v1", "OPENAI_API_KEY": key}
+    listed = lfwrap("jobs", "list", env=env, check=True).stdout
+    assert job.id in listed and "failed" in listed
+    shown = lfwrap("jobs", "show", job.id, env=env, check=True).stdout
+    assert "invalid_training_file" in shown and "row 1 (line 1)" in shown
+    events = lfwrap("jobs", "events", job.id, env=env, check=True).stdout.splitlines()
+    assert "Created fine-tuning job" in events[0] and "The job failed" in events[-1]
+    refused = lfwrap("jobs", "cancel", job.id, env=env)
+    assert refused.returncode != 0 and f"Job {job.id} already failed; nothing to cancel." in refused.stderr
+    assert "Traceback" not in refused.stderr
+    no_key = lfwrap("jobs", "list", env={**env, "OPENAI_API_KEY": ""})
+    assert no_key.returncode != 0 and "Pass a key with --api-key or OPENAI_API_KEY." in no_key.stderr

@@ -37,6 +37,11 @@ start; a missing one stops the start). Answers carry `sources` and an x-lfwrap-s
 `"rag": false` in the body or `x-lfwrap-rag: off` opts a request out. POST /v1/rag/INDEX/search
 shows what a query retrieves.
 
+Fine-tuning: with a `fine_tuning:` block the gateway also serves OpenAI's /v1/files and
+/v1/fine_tuning/jobs (the openai client's files.create and fine_tuning.jobs.create), trains the jobs
+in its own process, and serves each result under its `ft:` name (a server started on demand, stopped
+when idle and when the gateway stops). `lfwrap jobs` lists and cancels them.
+
 Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
 With no key created yet the gateway still starts, but answers 401 to every request until you
 create one. --open turns key checks off (refused unless --host is a loopback address).

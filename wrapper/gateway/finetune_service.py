@@ -41,6 +41,14 @@ def api_error(exc: FineTuneError) -> ApiError:
     return ApiError(exc.status, str(exc), code=exc.code, param=exc.param, retry_after=retry)
 
 
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "the fine-tuning worker stopped: %r; queued jobs wait until the gateway restarts",
+            task.exception(),
+        )
+
+
 class FineTuning:
     def __init__(self, settings: FineTuningSettings, metrics: Metrics):
         self.settings = settings
@@ -56,6 +64,7 @@ class FineTuning:
     async def start(self) -> None:
         await self.pool.start()
         self._worker_task = asyncio.create_task(self.worker.run())
+        self._worker_task.add_done_callback(_report_crash)
 
     async def stop(self) -> None:
         self.worker.stop()

@@ -274,6 +274,10 @@ def test_a_key_limited_to_models_and_the_settings_block(gateway, tmp_path: Path)
     assert "fine_tuning.serve.ports" in found
     config.write_text(f"fine_tuning:\n  base_models: [{{name: m, path: {tmp_path}, template: default}}]\n")
     assert load_settings(config).fine_tuning.base_models[0].name == "m"
+    config.write_text("fine_tuning:  # every key at its default\n", encoding="utf-8")
+    assert load_settings(config).fine_tuning is not None
+    config.write_text("port: 8081\n", encoding="utf-8")
+    assert load_settings(config).fine_tuning is None
 
 
 def test_lfwrap_jobs_against_the_gateway(gateway, lfwrap) -> None:

@@ -14,6 +14,7 @@ matching exception. The work itself is wrapper.finetune's; this module only spea
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -167,7 +168,7 @@ def install(app: FastAPI, gateway: FineTuningGateway) -> None:
                 while chunk := await asyncio.to_thread(handle.read, files.CHUNK):
                     yield chunk
 
-        size = str(path.stat().st_size)
+        size = str(os.fstat(handle.fileno()).st_size)
         return StreamingResponse(
             chunks(), media_type="application/octet-stream", headers={"content-length": size}
         )

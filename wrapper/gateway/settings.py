@@ -190,6 +190,14 @@ class GatewaySettings(BaseSettings):
         "(backend, max_parallel_jobs, files_max_bytes, serve, base_models, database).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_block_is_on(cls, data: Any) -> Any:
+        # `fine_tuning:` with only comments under it turns fine-tuning on with the defaults; no key: off
+        if isinstance(data, dict) and "fine_tuning" in data and data["fine_tuning"] is None:
+            return {**data, "fine_tuning": {}}
+        return data
+
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:
         if (self.tls_cert is None) != (self.tls_key is None):

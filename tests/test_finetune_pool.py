@@ -115,3 +115,21 @@ def test_least_recently_used_idle_server_makes_room(tmp_path: Path) -> None:
         await pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_shutdown_also_stops_a_server_still_starting(tmp_path: Path) -> None:
+    """A server is recorded as soon as its process exists, and resident only once it answers: SIGTERM
+    on the gateway meanwhile must not leave it running."""
+    settings = tiny_settings(tmp_path, tmp_path)
+    store = Store(settings.database_path)
+
+    async def scenario() -> None:
+        pool = ServingPool(store, settings)
+        await pool.start()
+        starting = subprocess.Popen(["sleep", "60"], start_new_session=True)  # not answering yet
+        _record(store, "ft:tiny-demo:s:ftjob-s", starting, "http://127.0.0.1:9", pool.api_key)
+        assert pool.servers == {}
+        await pool.shutdown()
+        assert starting.wait(timeout=15) is not None and store.servers() == []
+
+    asyncio.run(scenario())

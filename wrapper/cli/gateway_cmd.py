@@ -38,6 +38,11 @@ start; a missing one stops the start). Answers carry `sources` and an x-lfwrap-s
 `"rag": false` in the body or `x-lfwrap-rag: off` opts a request out. POST /v1/rag/INDEX/search
 shows what a query retrieves.
 
+Fine-tuning: with a `fine_tuning:` block the gateway also serves OpenAI's /v1/files and
+/v1/fine_tuning/jobs (the openai client's files.create and fine_tuning.jobs.create), trains the jobs
+in its own process, and serves each result under its `ft:` name (a server started on demand, stopped
+when idle and when the gateway stops). `lfwrap jobs` lists and cancels them.
+
 Keys: by default every request needs an API key from `lfwrap keys create` (Authorization: Bearer).
 With no key created yet the gateway still starts, but answers 401 to every request until you
 create one. --open turns key checks off (refused unless --host is a loopback address).
@@ -54,6 +59,16 @@ gateway.yaml:
       max_queue: 32
       tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
       rag: {index: krusty-docs, top_k: 4, min_score: 0.0, max_context_tokens: 1500}
+  fine_tuning:                  # OpenAI's /v1/files + /v1/fine_tuning/jobs; serves ft: models
+    backend: local
+    max_parallel_jobs: 1
+    files_max_bytes: 536870912
+    serve: {idle_stop_s: 900, max_resident: 2, ports: "18100-18199"}
+    base_models:
+      - name: tiny-demo
+        path: ~/.lfwrap/models/tiny-llama
+        template: default
+        overrides: {learning_rate: 5.0e-3, cutoff_len: 128, lora_rank: 16}
 """,
     epilog="""\b
 Examples:
@@ -168,9 +183,10 @@ def gateway(
         models = [r.model_dump() for r in settings.models if r.name != model_name]
         models.append({k: v for k, v in quick.items() if v is not None})
         settings = load_settings(config, **flags, models=[ModelRoute.model_validate(m) for m in models])
-    if not settings.models:
+    if not settings.models and settings.fine_tuning is None:
         raise UsageError(
-            "No models to serve: pass --upstream URL --model-name NAME, or a --config file with `models:`."
+            "No models to serve: pass --upstream URL --model-name NAME, or a --config file with `models:` "
+            "or `fine_tuning:`."
         )
     if settings.auth == "open" and not is_loopback(settings.host):
         raise UsageError(
@@ -181,6 +197,14 @@ def gateway(
         click.echo(
             f"model {route.name} -> {', '.join(route.urls)} (max_concurrency {route.max_concurrency}, "
             f"max_queue {route.max_queue})" + (f", rag index {route.rag.index}" if route.rag else ""),
+            err=True,
+        )
+    if settings.fine_tuning is not None:
+        ft = settings.fine_tuning
+        click.echo(
+            f"fine-tuning: /v1/files and /v1/fine_tuning/jobs on, base models "
+            f"{', '.join(b.name for b in ft.base_models) or '(none configured)'}, {ft.backend} backend, "
+            f"{ft.max_parallel_jobs} job(s) at a time, state in {ft.database_path}",
             err=True,
         )
     if settings.auth == "open":

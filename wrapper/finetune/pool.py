@@ -4,7 +4,7 @@
     await pool.start()                      # adopt or stop servers a previous pool left; start the reaper
     url = await pool.ensure("ft:tiny-demo:conch:ftjob-...")   # starts one if needed, waits until it answers
     async with pool.use(model) as url: ...  # the same, counted in flight (never stopped meanwhile)
-    await pool.shutdown()                   # stops every server it started or adopted
+    await pool.shutdown()                   # stops every server it started or adopted, or is starting
 
 Servers are `lfwrap serve`'s (wrapper.launch.serve.start_api_server on the job's run), one per model,
 on a free port of fine_tuning.serve.ports, behind a key of the pool's own (`pool.api_key`). A server
@@ -90,6 +90,10 @@ class ServingPool:
                 await self._reaper
         for model in list(self.servers):
             await self._stop(model)
+        # a server still starting (its request waiting for it) is recorded but not resident yet
+        for model, _, pid, identity, _ in await asyncio.to_thread(self.store.servers):
+            await asyncio.to_thread(_stop_server, pid, identity)
+            self.store.forget_server(model)
 
     def _adopt_or_stop_orphans(self) -> None:
         import httpx

@@ -94,6 +94,11 @@ class Gateway:
         self.rate = RateLimiter()
         self.upstreams = {route.name: Upstream(route, self.metrics) for route in settings.models}
         self.rag = grounding.RagRoutes(settings.models, self.metrics)  # opens indexes: fails here, not later
+        self.finetune: Any = None  # /v1/files, /v1/fine_tuning/jobs and ft: models (finetune_service.py)
+        if settings.fine_tuning is not None:
+            from wrapper.gateway.finetune_service import FineTuning
+
+            self.finetune = FineTuning(settings.fine_tuning, self.metrics)  # opens its store: fails here
         self.running = False
         self._flusher: asyncio.Future[None] | None = None
         self.started = time.time()
@@ -170,6 +175,8 @@ class Gateway:
                 return
 
     async def startup(self) -> None:
+        if self.finetune is not None:
+            await self.finetune.start()
         self.running = True
         _freeze_heap()
         self._flusher = asyncio.ensure_future(self._flush_logs())
@@ -179,6 +186,8 @@ class Gateway:
         if self._flusher is not None:
             self._flusher.cancel()
         accesslog.flush()
+        if self.finetune is not None:
+            await self.finetune.stop()  # stops every model server it started
         for upstream in self.upstreams.values():
             await upstream.aclose()
 
@@ -200,7 +209,8 @@ class Gateway:
         names = list(self.upstreams)
         results = await asyncio.gather(*(self.upstreams[n].ready() for n in names))
         upstreams = {name: (problem or "ok") for name, problem in zip(names, results, strict=True)}
-        return bool(names) and all(problem is None for problem in results), upstreams
+        configured = bool(names) or self.finetune is not None
+        return configured and all(problem is None for problem in results), upstreams
 
     async def rag_search(
         self, index: str, request: grounding.SearchRequest, authorization: bytes | None
@@ -280,7 +290,8 @@ class Gateway:
         return upstream
 
     def visible_models(self, record: KeyRecord | None) -> list[str]:
-        return [name for name in self.upstreams if record is None or record.allows(name)]
+        names = [name for name in self.upstreams if record is None or record.allows(name)]
+        return names + self.finetune.models(record) if self.finetune is not None else names
 
     async def _read_body(self, call: Call, declared: int | None) -> bytes:
         # a body that trickles in holds a connection slot: the whole body gets body_timeout seconds
@@ -350,6 +361,11 @@ class Gateway:
             else:
                 call.model = check_score(data)
             call.data = data
+            ft = self.finetune
+            if ft is not None and call.model not in self.upstreams and ft.serves(call.model):
+                async with ft.upstream(call.model, record) as pooled:  # started on demand
+                    call.status = await self._guarded(call, pooled)
+                return
             upstream = self.upstream_for(call.model, record)
             if call.model in self.rag and call.path == CHAT_PATH:
                 await self.rag.ground(call)  # inline or in a thread by index size (grounding.py)

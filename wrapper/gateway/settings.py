@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wrapper.errors import GatewayError, Problem
+from wrapper.finetune.settings import FineTuningSettings
 from wrapper.home import home
 from wrapper.pydantic_errors import messages, repeated
 from wrapper.rag.route import RagRoute
@@ -205,6 +206,19 @@ class GatewaySettings(BaseSettings):
     access_log: bool = Field(
         default=True, description="One line per request on the lfwrap.gateway.access logger."
     )
+    fine_tuning: FineTuningSettings | None = Field(
+        default=None,
+        description="OpenAI's /v1/files and /v1/fine_tuning/jobs on this gateway, and its ft: models "
+        "(backend, max_parallel_jobs, files_max_bytes, serve, base_models, database).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_block_is_on(cls, data: Any) -> Any:
+        # `fine_tuning:` with only comments under it turns fine-tuning on with the defaults; no key: off
+        if isinstance(data, dict) and "fine_tuning" in data and data["fine_tuning"] is None:
+            return {**data, "fine_tuning": {}}
+        return data
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:

@@ -120,4 +120,8 @@ def build_small_app(gateway: GatewayView) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
+    if getattr(gateway, "finetune", None) is not None:
+        from wrapper.gateway.finetune_api import install
+
+        install(app, gateway)  # type: ignore[arg-type]
     return app

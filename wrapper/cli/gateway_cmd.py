@@ -59,6 +59,8 @@ gateway.yaml:
       max_queue: 32
       tokenizer: ~/.lfwrap/models/tiny-llama   # exact usage counts when streaming
       rag: {index: krusty-docs, top_k: 4, min_score: 0.0, max_context_tokens: 1500}
+    - name: sponge              # replicas: fewest in flight first; one refusing connections
+      upstream: [http://gpu-1:8000, http://gpu-2:8000]   # leaves the rotation until it answers
   fine_tuning:                  # OpenAI's /v1/files + /v1/fine_tuning/jobs; serves ft: models
     backend: local
     max_parallel_jobs: 1

@@ -145,11 +145,13 @@ def free_port(preferred: int = 8000) -> int:
 def main() -> int:
     import secrets
 
-    from wrapper.errors import LfwrapError
+    from wrapper.errors import LaunchError, LfwrapError
+    from wrapper.extras import require
     from wrapper.launch.serve import serve_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        require("demo", "The demo", LaunchError)  # before minutes of training, not after
         print("1/6 building the tiny demo model ...", flush=True)
         model = step_model()
         print(f"2/6 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)

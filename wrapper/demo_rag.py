@@ -92,11 +92,14 @@ def source_texts(base_url: str, key: str, question: str) -> dict[str, str]:
 def main() -> int:
     import secrets
 
-    from wrapper.errors import LfwrapError
+    from wrapper.errors import LaunchError, LfwrapError
+    from wrapper.extras import require
     from wrapper.launch.serve import serve_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        require("demo", "The demo", LaunchError)  # before minutes of training, not after
+        require("rag", "The retrieval demo", LaunchError)
         print("1/8 building the tiny demo model ...", flush=True)
         model: Path = step_model()
         print(f"2/8 filling the identity set with {NAME} ...", flush=True)

@@ -11,10 +11,10 @@ import os
 import pytest
 import schemathesis
 from gateway_standin import StandIn
+from gateway_support import make_gateway, make_settings, new_key, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
-from test_gateway_support import make_gateway, make_settings, new_key, serving
 
 UPSTREAM_KEY = "up-fuzz-51c0e2d9a7"
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "300"))
@@ -22,6 +22,7 @@ EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "300"))
 DEFINED = {200, 400, 401, 403, 404, 405, 408, 413, 414, 422, 429, 502, 503, 504}
 
 
+@pytest.mark.rag
 def test_fuzz_every_operation_positive_and_negative(tmp_path):
     from wrapper.home import bundled_rag_docs_dir
     from wrapper.rag.indexer import index_paths

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -279,7 +278,7 @@ def test_dataset_info_keys_llamafactory_ignores_warn_but_typos_are_errors(repo: 
                for p in check(config) if p.severity == "error")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="needs the `local` extra")
+@pytest.mark.local
 def test_rows_over_cutoff_len_are_reported_with_the_local_tokenizer(repo: Path, tiny_model: Path, lfwrap):
     from tokenizers import Tokenizer
 

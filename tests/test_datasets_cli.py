@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from wrapper.home import bundled_datasets_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 
@@ -150,7 +152,7 @@ def test_remove_brings_the_bundled_identity_back(lfwrap, lfwrap_home: Path):
     assert "The bundled 'identity' is used again." in proc.stdout
     assert _listed(lfwrap)["identity"][1] == "bundled"
     info = json.loads((lfwrap_home / "datasets" / "dataset_info.json").read_text(encoding="utf-8"))
-    assert info["identity"]["file_name"] == str(ROOT / "datasets" / "identity.json")
+    assert info["identity"]["file_name"] == str(bundled_datasets_dir() / "identity.json")
 
 
 def test_remove_a_hand_added_entry_keeps_its_file(lfwrap, lfwrap_home: Path):

@@ -66,8 +66,9 @@ def test_prepare_renders_bundled_entries_by_absolute_path():
     assert info["dpo_demo"]["ranking"] is True
     assert info["kto_demo"]["columns"]["kto_tag"] == "kto_tag"
     assert info["sharegpt_demo"]["formatting"] == "sharegpt"
-    assert dataset_files(folder, ["identity", "kto_demo"]) == [ROOT / "datasets" / "identity.json",
-                                                              ROOT / "datasets" / "kto_demo.json"]
+    bundled = home.bundled_datasets_dir()  # the checkout's datasets/, or the installed package's copy
+    expected = [bundled / "identity.json", bundled / "kto_demo.json"]
+    assert dataset_files(folder, ["identity", "kto_demo"]) == expected
 
 
 def test_dataset_files_names_unknown_datasets():

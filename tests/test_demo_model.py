@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from wrapper.demo_model import build_demo_model
+
+pytestmark = pytest.mark.local
 
 
 def _digest(folder: Path) -> dict[str, str]:

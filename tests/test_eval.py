@@ -259,6 +259,7 @@ def _menu_dataset() -> str:
     return "menu_qa"
 
 
+@pytest.mark.rag
 def test_plan_with_rag_grounds_the_same_rows_for_a_third_model(lfwrap_home: Path) -> None:
     from wrapper.evaluate.execute import write_plan
     from wrapper.home import bundled_rag_docs_dir

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 from finetune_helpers import identity_jsonl
+from gateway_support import make_gateway, make_settings, new_key, serving
 from openai import OpenAI
-from test_gateway_support import make_gateway, make_settings, new_key, serving
 
 LIMIT = 64 * 1024
 

@@ -25,8 +25,8 @@ import yaml
 from conftest import run_lfwrap
 from finetune_helpers import TINY_OVERRIDES, identity_jsonl
 from fixtures_models import IDENTITY_ANSWER, IDENTITY_QUESTION
+from gateway_support import free_port
 from openai import OpenAI
-from test_gateway_support import free_port
 
 from wrapper.finetune.store import Store
 from wrapper.gateway.keys import KeyStore

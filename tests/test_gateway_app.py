@@ -12,15 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_standin import REPLY, StandIn
-from test_gateway_support import (  # noqa: F401
-    free_port,
-    make_gateway,
-    make_settings,
-    new_key,
-    serving,
-    standin,
-    wait_until,
-)
+from gateway_support import free_port, make_gateway, make_settings, new_key, serving, wait_until
 
 CHAT = {"model": "conch", "messages": [{"role": "user", "content": "请问你是谁"}]}
 
@@ -30,7 +22,7 @@ def sse_events(text: str) -> list[str]:
 
 
 @pytest.fixture
-def gw(standin, tmp_path: Path):  # noqa: F811
+def gw(standin, tmp_path: Path):
     app, url = standin
     settings = make_settings(
         [{"name": "conch", "upstream": url, "upstream_key": "up-secret-8c1f0e"}], tmp_path
@@ -114,7 +106,8 @@ def _word_tokenizer(path: Path) -> Path:
     return path
 
 
-def test_include_usage_counts_with_the_models_tokenizer(standin, tmp_path):  # noqa: F811
+@pytest.mark.local
+def test_include_usage_counts_with_the_models_tokenizer(standin, tmp_path):
     from tokenizers import Tokenizer
 
     app, url = standin
@@ -217,7 +210,7 @@ def test_keys_unknown_model_and_permissions(gw):
     assert gw["standin"].seen == []
 
 
-def test_no_keys_yet_says_how_to_create_one(standin, tmp_path):  # noqa: F811
+def test_no_keys_yet_says_how_to_create_one(standin, tmp_path):
     _, url = standin
     settings = make_settings([{"name": "conch", "upstream": url}], tmp_path)
     with serving(make_gateway(settings)) as server:
@@ -253,7 +246,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(gw):
     assert gw["client"].post("/v1/chat/completions", json=CHAT).status_code == 200  # other keys unaffected
 
 
-def test_body_too_large_is_413(standin, tmp_path):  # noqa: F811
+def test_body_too_large_is_413(standin, tmp_path):
     _, url = standin
     settings = make_settings([{"name": "conch", "upstream": url}], tmp_path, auth="open", max_body_bytes=2048)
     with serving(make_gateway(settings)) as server:
@@ -312,7 +305,7 @@ def test_readyz_is_200_when_every_upstream_answers(gw):
     assert ready.json() == {"status": "ready", "upstreams": {"conch": "ok"}}
 
 
-def test_upstream_timeout_is_504(standin, tmp_path):  # noqa: F811
+def test_upstream_timeout_is_504(standin, tmp_path):
     _, url = standin
     settings = make_settings([{"name": "conch", "upstream": url, "read_timeout": 0.3}], tmp_path, auth="open")
     with serving(make_gateway(settings)) as server:
@@ -451,7 +444,7 @@ def test_access_log_has_ids_and_never_a_key(gw, caplog):
         assert secret not in everything
 
 
-def test_start_background_serves_on_a_free_port(standin, tmp_path):  # noqa: F811
+def test_start_background_serves_on_a_free_port(standin, tmp_path):
     from wrapper.gateway.server import start_background
 
     _, url = standin

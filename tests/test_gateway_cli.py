@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 from gateway_standin import REPLY, StandIn
-from test_gateway_support import free_port, serving, wait_until
+from gateway_support import free_port, serving, wait_until
 
 CHAT = {"model": "conch", "messages": [{"role": "user", "content": "请问你是谁"}]}
 

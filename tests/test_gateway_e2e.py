@@ -14,7 +14,7 @@ import openai
 import pytest
 from fixtures_models import IDENTITY_ANSWER, IDENTITY_QUESTION
 from gateway_standin import StandIn
-from test_gateway_support import ServerThread, free_port, make_gateway, make_settings, new_key, wait_until
+from gateway_support import ServerThread, free_port, make_gateway, make_settings, new_key, wait_until
 
 pytestmark = pytest.mark.e2e
 

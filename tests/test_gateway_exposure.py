@@ -31,6 +31,7 @@ def test_webui_on_a_public_address_warns_that_it_has_no_authentication(lfwrap) -
     assert "no authentication" not in quiet.stderr
 
 
+@pytest.mark.local
 def test_api_servers_lfwrap_starts_do_not_log_request_bodies(monkeypatch, tmp_path: Path) -> None:
     from wrapper.launch import serve
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_standin import REPLY, StandIn
-from test_gateway_support import free_port, make_gateway, make_settings, new_key, serving
+from gateway_support import free_port, make_gateway, make_settings, new_key, serving
 
 from wrapper.gateway import accesslog
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from gateway_standin import StandIn
+from gateway_support import make_gateway, make_settings, new_key, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation.modes import GenerationMode
-from test_gateway_support import make_gateway, make_settings, new_key, serving
 
 UPSTREAM_KEY = "up-fuzz-51c0e2d9a7"
 EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_EXAMPLES", "300"))
@@ -118,11 +118,13 @@ def _fuzz(url: str, key: str, upstream: str, operations: list, examples: int) ->
     return seen
 
 
+@pytest.mark.rag
 def test_fuzz_every_operation_positive_and_negative(fuzzed_gateway):
     url, key, upstream, operations = fuzzed_gateway
     _fuzz(url, key, upstream, operations["others"], EXAMPLES)
 
 
+@pytest.mark.rag
 def test_fuzz_the_fine_tuning_operations(fuzzed_gateway):
     url, key, upstream, operations = fuzzed_gateway
     _fuzz(url, key, upstream, operations["fine_tuning"], FINE_TUNING_EXAMPLES)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_standin import StandIn
-from test_gateway_support import free_port, make_gateway, make_settings, new_key, serving, wait_until
+from gateway_support import free_port, make_gateway, make_settings, new_key, serving, wait_until
 
 CHAT = {"model": "conch", "messages": [{"role": "user", "content": "请问你是谁"}]}
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from gateway_standin import StandIn
-from test_gateway_support import make_gateway, make_settings, new_key, serving
+from gateway_support import make_gateway, make_settings, new_key, serving
 
 from wrapper.errors import IndexBrokenError, IndexMissingError
 from wrapper.gateway.grounding import SOURCES_HEADER
@@ -55,6 +55,7 @@ def _upstream_messages(standin: StandIn) -> list[dict]:
     return body["messages"]
 
 
+@pytest.mark.rag
 def test_chunks_reach_the_upstream_in_one_first_system_message(rag_gw):
     rag_gw["client"].chat.completions.create(
         model="conch",
@@ -85,6 +86,7 @@ def test_chunks_reach_the_upstream_in_one_first_system_message(rag_gw):
     assert _upstream_messages(rag_gw["standin"]) == [{"role": "user", "content": PRICE_QUESTION}]
 
 
+@pytest.mark.rag
 def test_sources_in_a_plain_answer_field_and_header(rag_gw):
     raw = rag_gw["client"].chat.completions.with_raw_response.create(
         model="conch", messages=[{"role": "user", "content": PRICE_QUESTION}]
@@ -99,6 +101,7 @@ def test_sources_in_a_plain_answer_field_and_header(rag_gw):
     assert completion.choices[0].message.content and completion.model == "conch"
 
 
+@pytest.mark.rag
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_sources_on_the_final_stream_chunk(rag_gw, include_usage):
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
@@ -119,6 +122,7 @@ def test_sources_on_the_final_stream_chunk(rag_gw, include_usage):
     assert (last.usage is not None) == include_usage
 
 
+@pytest.mark.rag
 def test_opt_out_by_body_field_or_header(rag_gw):
     client, standin = rag_gw["client"], rag_gw["standin"]
     question = [{"role": "user", "content": PRICE_QUESTION}]
@@ -143,6 +147,7 @@ def test_opt_out_by_body_field_or_header(rag_gw):
         )
 
 
+@pytest.mark.rag
 def test_access_log_has_chunk_ids_never_their_text(rag_gw, caplog):
     """Through the handler the server installs (lines built without LogRecords); caplog for the rest."""
     import io
@@ -176,6 +181,7 @@ def test_access_log_has_chunk_ids_never_their_text(rag_gw, caplog):
         assert text not in everything
 
 
+@pytest.mark.rag
 def test_retrieval_time_is_a_prometheus_histogram(rag_gw):
     rag_gw["client"].chat.completions.create(
         model="conch", messages=[{"role": "user", "content": PRICE_QUESTION}]
@@ -186,6 +192,7 @@ def test_retrieval_time_is_a_prometheus_histogram(rag_gw):
     assert 'lfwrap_gateway_rag_retrieval_seconds_bucket{index="krusty-docs",le="+Inf"} 1.0' in text
 
 
+@pytest.mark.rag
 def test_search_endpoint_is_key_protected_and_ranks_chunks(rag_gw, tmp_path):
     url = rag_gw["url"] + "/v1/rag/krusty-docs/search"
     auth = {"Authorization": f"Bearer {rag_gw['key']}"}
@@ -211,6 +218,7 @@ def test_search_endpoint_is_key_protected_and_ranks_chunks(rag_gw, tmp_path):
     assert "/v1/rag/{index}/search" in spec["paths"]
 
 
+@pytest.mark.rag
 def test_missing_or_broken_index_stops_the_start(tmp_path):
     routes = [{"name": "conch", "upstream": "http://127.0.0.1:9", "rag": RAG}]
     with pytest.raises(
@@ -224,6 +232,7 @@ def test_missing_or_broken_index_stops_the_start(tmp_path):
     shutil.rmtree(folder)
 
 
+@pytest.mark.rag
 def test_cli_refuses_to_start_on_a_missing_index(lfwrap):
     result = lfwrap(
         "gateway", "--upstream", "http://127.0.0.1:9", "--model-name", "conch", "--rag-index", "nope",
@@ -255,6 +264,7 @@ def test_rag_settings_refuse_unknown_keys_with_did_you_mean(tmp_path):
     assert route.rag is not None and route.rag.index == "krusty-docs" and route.rag.max_context_tokens == 1500
 
 
+@pytest.mark.rag
 def test_a_large_index_is_searched_in_a_worker_thread(tmp_path, monkeypatch):
     from wrapper.gateway import grounding
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_standin import StandIn
-from test_gateway_support import make_gateway, make_settings, serving, wait_until
+from gateway_support import make_gateway, make_settings, serving, wait_until
 
 from wrapper.gateway.settings import ModelRoute
 
@@ -89,7 +89,7 @@ def test_a_stopped_replica_leaves_the_rotation_without_a_failed_call_and_comes_b
 
 
 def test_every_replica_down_is_one_503(tmp_path: Path):
-    from test_gateway_support import free_port
+    from gateway_support import free_port
 
     routes = [
         {"name": "conch", "upstream": [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]}

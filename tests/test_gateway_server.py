@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from gateway_standin import REPLY, StandIn
-from test_gateway_support import make_gateway, make_settings, serving, wait_until
+from gateway_support import make_gateway, make_settings, serving, wait_until
 
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.server import GatewayServer, serve_in_thread

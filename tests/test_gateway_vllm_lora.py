@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
-from test_gateway_support import make_gateway, make_settings, serving
+from gateway_support import make_gateway, make_settings, serving
 
 ADAPTERS = ("conch", "sponge")
 

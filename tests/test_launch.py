@@ -80,6 +80,7 @@ def test_error_lines_pick_the_exception_not_the_traceback() -> None:
     assert error_lines("just\nsome\noutput\nlines") == ["some", "output", "lines"]
 
 
+@pytest.mark.local
 def test_create_run_copies_the_datasets_and_fixes_paths(lfwrap_home: Path) -> None:
     run_dir = materialize(plan_run(HAND_CONFIG, name="hand", template="sft_lora", overrides=["a=1"]))
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -223,6 +224,7 @@ def test_runs_logs_prints_the_log_and_follow_stops_at_the_end(lfwrap, lfwrap_hom
     assert meta == runs.read_meta(run_dir).to_dict()
 
 
+@pytest.mark.local
 @pytest.mark.skipif(find_spec("deepspeed") is not None, reason="deepspeed is installed here")
 def test_missing_deepspeed_is_refused_before_anything_starts(lfwrap, lfwrap_home: Path) -> None:
     proc = lfwrap("train", "--template", "sft_lora", "--deepspeed", "z2", "--name", "ds")

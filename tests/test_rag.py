@@ -30,6 +30,7 @@ def krusty() -> Retriever:
     return Retriever.open("krusty")
 
 
+@pytest.mark.rag
 @pytest.mark.parametrize(
     ("question", "expected"),
     [
@@ -49,6 +50,7 @@ def test_the_right_chunk_ranks_first(krusty: Retriever, question: str, expected:
     assert hits == sorted(hits, key=lambda h: -h.score)
 
 
+@pytest.mark.rag
 def test_every_format_is_chunked_by_structure(krusty: Retriever) -> None:
     chunks = {c.id: c for c in krusty.store.chunks}  # type: ignore[attr-defined]
     assert {c.source for c in chunks.values()} == {
@@ -66,6 +68,7 @@ def test_every_format_is_chunked_by_structure(krusty: Retriever) -> None:
     assert all(c.id == f"{c.source}#{c.position}" for c in chunks.values())
 
 
+@pytest.mark.rag
 def test_a_unicode_tokenizer_misses_the_chinese_question() -> None:
     # \w+ keeps 蟹黄堡多少钱 as one token, which no sentence of the menu contains.
     build("plain", [DOCS], tokenizer="unicode")
@@ -78,6 +81,7 @@ def test_a_unicode_tokenizer_misses_the_chinese_question() -> None:
     assert Retriever.open("plain").search("How much is a Krabby Patty?")[0].id == "menu.md#1"
 
 
+@pytest.mark.rag
 def test_history_finds_what_the_latest_message_only_refers_to(krusty: Retriever) -> None:
     assert krusty.search("那个多少钱？") == []
     assert krusty.search("那个多少钱？", history=["我想喝海带奶昔"])[0].id == "菜单.md#3"
@@ -89,6 +93,7 @@ def test_history_finds_what_the_latest_message_only_refers_to(krusty: Retriever)
     assert krusty.search("Price of the large one?", history=older)[0].id != "menu.md#2"
 
 
+@pytest.mark.rag
 def test_top_k_and_min_score(krusty: Retriever) -> None:
     hits = krusty.search("Krabby Patty", top_k=10)
     assert 1 < len(hits) <= 10 and all(h.score > 0 for h in hits)
@@ -105,6 +110,7 @@ def _chunks_by_source(name: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.rag
 def test_reindexing_reads_and_changes_only_the_edited_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,12 +145,14 @@ def test_reindexing_reads_and_changes_only_the_edited_file(
     assert sorted(loaded[1:]) == sorted(["menu.md", "菜单.md", "hours.html", "staff.pdf"])
 
 
+@pytest.mark.rag
 def test_missing_index_is_an_error_at_open_with_a_hint() -> None:
     build("krusty", [DOCS])
     with pytest.raises(IndexMissingError, match=r"lfwrap rag index krusy PATH.*Did you mean 'krusty'"):
         Retriever.open("krusy")
 
 
+@pytest.mark.rag
 @pytest.mark.parametrize(
     "damage",
     [
@@ -169,6 +177,7 @@ def test_broken_index_is_an_error_at_open(damage) -> None:
     assert Retriever.open("krusty").search("Krabby Patty")
 
 
+@pytest.mark.rag
 def test_eval_figures(krusty: Retriever) -> None:
     result = evaluate(krusty, load_questions(QUESTIONS), k=4)
     assert len(result.rows) == 14
@@ -201,6 +210,7 @@ def test_questions_file_errors_name_the_line(tmp_path: Path) -> None:
         load_questions(path)
 
 
+@pytest.mark.rag
 def test_index_errors_are_sentences(tmp_path: Path) -> None:
     with pytest.raises(RagError, match="does not exist"):
         build("x", [tmp_path / "nope"])

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import run_lfwrap
 
 from wrapper.home import bundled_rag_docs_dir
@@ -13,6 +14,7 @@ from wrapper.home import bundled_rag_docs_dir
 DOCS = bundled_rag_docs_dir()
 
 
+@pytest.mark.rag
 def test_index_query_eval_list_show_remove(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     shutil.copytree(DOCS, docs)
@@ -48,6 +50,7 @@ def test_index_query_eval_list_show_remove(tmp_path: Path) -> None:
     assert "No indexes yet" in run_lfwrap("rag", "list", check=True).stdout
 
 
+@pytest.mark.rag
 def test_errors_are_one_sentence(tmp_path: Path) -> None:
     run_lfwrap("rag", "index", "krusty", str(DOCS), check=True)
     for args, expected, code in [  # 2: a usage error (a wrong command line)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from wrapper.errors import IndexBrokenError, RagError
-from wrapper.home import bundled_rag_docs_dir
-from wrapper.rag import dense
-from wrapper.rag.fusion import rrf
-from wrapper.rag.indexer import index_paths
-from wrapper.rag.retriever import Retriever
-from wrapper.rag.store import LocalTarget, rag_dir
+np = pytest.importorskip("numpy", reason="numpy is not installed (pip install 'lfwrap[rag]')")
 
+from wrapper.errors import IndexBrokenError, RagError  # noqa: E402
+from wrapper.home import bundled_rag_docs_dir  # noqa: E402
+from wrapper.rag import dense  # noqa: E402
+from wrapper.rag.fusion import rrf  # noqa: E402
+from wrapper.rag.indexer import index_paths  # noqa: E402
+from wrapper.rag.retriever import Retriever  # noqa: E402
+from wrapper.rag.store import LocalTarget, rag_dir  # noqa: E402
+
+pytestmark = pytest.mark.rag
 DOCS = bundled_rag_docs_dir()
 
 

@@ -28,6 +28,7 @@ def test_jsonl_rows_are_documents_and_bad_rows_name_their_line(tmp_path: Path) -
         _load(path)
 
 
+@pytest.mark.rag
 def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(RagError, match="latin1.txt is not UTF-8"):
@@ -79,6 +80,7 @@ def test_code_blocks_are_not_split_at_comments_or_blank_lines() -> None:
     assert code in chunks[0].text
 
 
+@pytest.mark.rag
 def test_jieba_segments_mixed_text_and_unicode_does_not() -> None:
     jieba, plain = get_tokenizer("jieba"), get_tokenizer("unicode")
     assert {"蟹黄", "价格", "krabby", "patty"} <= set(jieba("蟹黄堡的价格 Krabby Patty"))

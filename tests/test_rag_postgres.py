@@ -24,6 +24,7 @@ from wrapper.rag.retriever import Retriever
 from wrapper.rag.store import LocalTarget, rag_dir
 
 DOCS = bundled_rag_docs_dir()
+pytestmark = pytest.mark.rag
 
 
 def _bindir() -> Path | None:

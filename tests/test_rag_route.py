@@ -23,11 +23,13 @@ def test_route_settings_refuse_unknown_keys() -> None:
         RagRoute.model_validate({"index": "k", "top_k": 0})
 
 
+@pytest.mark.rag
 def test_missing_index_fails_when_the_route_is_built() -> None:
     with pytest.raises(IndexMissingError, match="krusty-docs"):
         RouteRetriever(RagRoute(index="krusty-docs"))
 
 
+@pytest.mark.rag
 def test_ground_a_chat_request() -> None:
     index_paths(LocalTarget(rag_dir() / "krusty-docs"), "krusty-docs", [bundled_rag_docs_dir()])
     route = RouteRetriever(RagRoute(index="krusty-docs", top_k=2))

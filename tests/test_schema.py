@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,8 +14,6 @@ import pytest
 from wrapper.errors import UsageError
 from wrapper.schema import TYPES, load_schema, snapshot_path
 from wrapper.schema_extract import MACHINE_DEPENDENT_DEFAULTS, MACHINE_DEPENDENT_MARKER, dumps, normalise_type
-
-HAS_LLAMAFACTORY = importlib.util.find_spec("llamafactory") is not None
 
 
 def _field_differences(old: dict, new: dict) -> list[str]:
@@ -34,7 +31,7 @@ def _field_differences(old: dict, new: dict) -> list[str]:
     return lines
 
 
-@pytest.mark.skipif(not HAS_LLAMAFACTORY, reason="needs the `local` extra (llamafactory installed)")
+@pytest.mark.local
 def test_snapshot_matches_the_installed_llamafactory(tmp_path):
     out = tmp_path / "regenerated.json"
     proc = subprocess.run(

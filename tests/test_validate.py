@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -319,7 +318,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(importlib.util.find_spec("llamafactory") is None, reason="needs the `local` extra")
+@pytest.mark.local
 def test_llamafactory_agrees_with_the_schema_rules():
     """What validate passes, LLaMA-Factory's parser accepts; its schema errors, LLaMA-Factory refuses too."""
     cases = {"good_sft.yaml": "train", "good_infer.yaml": "infer", "good_export.yaml": "infer",

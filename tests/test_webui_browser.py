@@ -18,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+
+pytest.importorskip("playwright", reason="Playwright is not installed (pip install 'lfwrap[dev]')")
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")

@@ -181,6 +181,10 @@ def main() -> int:
 
 
 def _steps() -> None:
+    from wrapper.errors import LaunchError
+    from wrapper.extras import require
+
+    require("demo", "The demo", LaunchError)  # before minutes of training, not after
     print("1/6 building the tiny demo model ...", flush=True)
     model = step_model()
     print(f"2/6 filling the identity set with {NAME} / {AUTHOR} ...", flush=True)

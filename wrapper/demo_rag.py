@@ -78,6 +78,11 @@ def main() -> int:
 
 
 def _steps() -> None:
+    from wrapper.errors import LaunchError
+    from wrapper.extras import require
+
+    require("demo", "The demo", LaunchError)  # before minutes of training, not after
+    require("rag", "The retrieval demo", LaunchError)
     print("1/8 building the tiny demo model ...", flush=True)
     model: Path = step_model()
     print(f"2/8 filling the identity set with {NAME} ...", flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 from wrapper.errors import LaunchError
 from wrapper.evaluate.plan import EvalPlan
 from wrapper.evaluate.rag import write_rag_data
+from wrapper.extras import require
 from wrapper.launch.configfile import write_yaml
 from wrapper.launch.local import cli_python, llamafactory_cli, missing_modules, spawn
 from wrapper.launch.process import stop_group
@@ -41,6 +42,8 @@ class Event:
 
 def runner_command() -> list[str]:
     """The Python that runs llamafactory-cli, running runner.py; refused when it lacks the metric packages."""
+    # lfwrap's own Python draws the report's loss plot, maybe not the one llamafactory-cli runs on
+    require("local", "The eval report's loss plot", LaunchError, modules=["matplotlib"])
     python = cli_python(llamafactory_cli())
     missing = missing_modules(list(METRIC_MODULES), python)
     if missing:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wrapper.errors import IndexBrokenError, RagError
+from wrapper.extras import require
 from wrapper.rag.chunking import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_parts
 from wrapper.rag.loaders import discover, load
 from wrapper.rag.store import FileChunks, FileEntry, Manifest
@@ -52,6 +53,7 @@ def index_paths(
 
     `embedding_model` (a local sentence-transformers folder) adds dense vectors; once set it stays the
     index's model until another is given."""
+    require("rag", "Indexing documents", RagError)
     started = time.perf_counter()
     try:
         old = target.current_manifest()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np  # the `rag` extra: imported where used, so the gateway starts without it
 
 K1 = 1.5
 B = 0.75
@@ -43,6 +44,8 @@ class LexicalIndex:
 
     def scores(self, tokens: list[str]) -> np.ndarray:
         """BM25 score of every chunk for these query terms (terms unknown to the index score 0)."""
+        import numpy as np
+
         ids = self._bm25.get_tokens_ids(tokens)
         if not ids:
             return np.zeros(self.num_docs, dtype=np.float32)
@@ -51,6 +54,8 @@ class LexicalIndex:
 
 def top_k(scores: np.ndarray, k: int, min_score: float) -> list[tuple[int, float]]:
     """The k best (row, score) pairs, best first; rows that match no term (score 0) never count."""
+    import numpy as np
+
     if k <= 0 or scores.size == 0:
         return []
     k = min(k, scores.size)

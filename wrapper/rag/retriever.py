@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from wrapper.errors import RagError
+from wrapper.extras import require
 from wrapper.rag.chunking import Hit
 from wrapper.rag.fusion import rrf
 from wrapper.rag.store import LocalStore, Manifest
@@ -46,6 +48,7 @@ class Retriever:
     def open(cls, name_or_path: str | Path, postgres: str | None = None) -> Retriever:
         """The embedded index named `name_or_path` under $LFWRAP_HOME/rag (or at that folder), or,
         with `postgres` (a libpq DSN or URL), the index of that name in that database."""
+        require("rag", "Retrieval", RagError)
         if postgres:
             from wrapper.rag.pgstore import PostgresStore
 

@@ -22,9 +22,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrapper import home
@@ -32,6 +31,9 @@ from wrapper.errors import IndexBrokenError, IndexMissingError, UsageError
 from wrapper.rag.chunking import Chunk, Hit
 from wrapper.rag.lexical import LexicalIndex, top_k
 from wrapper.suggest import SENTENCE, did_you_mean
+
+if TYPE_CHECKING:
+    import numpy as np  # the `rag` extra: imported where used, so the gateway starts without it
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -141,6 +143,8 @@ class LocalStore:
             )
         store = cls(folder, manifest, chunks, lexical)
         if manifest.embedding_model:
+            import numpy as np
+
             from wrapper.rag.dense import load_embedder
 
             try:
@@ -213,6 +217,8 @@ def write(
     vectors: np.ndarray | None = None,
 ) -> None:
     """Write a whole index to `folder` (replacing what is there) in one swap."""
+    import numpy as np
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -268,6 +274,8 @@ class LocalTarget:
 
     def apply(self, manifest: Manifest, changed: dict[str, FileChunks]) -> None:
         """Store `manifest`'s files: those in `changed` from their new chunks, the rest as stored now."""
+        import numpy as np
+
         kept: dict[str, FileChunks] = {}
         kept_vectors: dict[str, list[np.ndarray]] = {}
         if any(source not in changed for source in manifest.files):

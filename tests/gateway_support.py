@@ -1,4 +1,4 @@
-"""Helpers for the gateway tests (no tests here): real servers on 127.0.0.1 in threads.
+"""Helpers for the gateway tests: real servers on 127.0.0.1 in threads (the `standin` fixture is in conftest).
 
 A Gateway app is served by the gateway's own server (granian, what `lfwrap gateway` runs); any other
 app (the stand-in upstream) by uvicorn."""
@@ -13,9 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import uvicorn
-from gateway_standin import StandIn
 
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.keys import KeyCache, KeyStore
@@ -84,13 +82,6 @@ def serving(app: Any, **kwargs: Any) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def standin() -> Iterator[tuple[StandIn, str]]:
-    app = StandIn()
-    with serving(app) as server:
-        yield app, server.url
 
 
 def make_settings(routes: list[dict[str, Any]], tmp: Path, **extra: Any) -> GatewaySettings:

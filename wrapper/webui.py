@@ -4,7 +4,8 @@ LLaMA Board 0.9.5 finds its files relative to its working directory (llamafactor
 `data/` (the Train tab lists the datasets of `data/dataset_info.json`), `saves/` (where it trains to and
 resumes from), `llamaboard_cache/` and `llamaboard_config/`. So the local backend starts it in a folder
 prepared under $LFWRAP_HOME/webui, where `data` is a symlink to the prepared datasets folder and `saves`
-a symlink to $LFWRAP_HOME/saves.
+a symlink to $LFWRAP_HOME/saves. lfwrap's finished runs are linked into saves/ (launch/board_links.py),
+so LLaMA Board lists their adapters as checkpoints; `lfwrap runs` lists the runs LLaMA Board trains there.
 
 A container cannot follow host symlinks or absolute host paths, so the Docker backend (and the compose
 file) use a portable data folder instead: `export_data_dir` writes a dataset_info.json whose bundled
@@ -62,6 +63,15 @@ def prepare_workdir() -> Path:
     _link(workdir / "data", prepare_dataset_dir())
     _link(workdir / "saves", saves_dir())
     return workdir
+
+
+def show_runs() -> list[str]:
+    """Link lfwrap's finished runs into saves/ for LLaMA Board's checkpoint list (launch/board_links.py);
+    the reasons a run could not be shown."""
+    from wrapper.launch.board_links import sync_links
+
+    saves_dir()
+    return sync_links().skipped
 
 
 def _portable_entry(name: str, entry: dict[str, Any], source_dir: Path, dest: Path) -> dict[str, Any]:
@@ -190,6 +200,7 @@ def start_local(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> WebUI:
     check_port_free(host, port)
     cli = llamafactory_cli()
     workdir = prepare_workdir()
+    show_runs()
     log = workdir / "webui.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -214,8 +225,11 @@ def docker_spec(
     saves: Path,
     hf_cache: Path,
     gpus: bool = True,
+    host_paths: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """Keyword arguments for docker's `containers.run` that start LLaMA Board like the compose `webui`."""
+    """Keyword arguments for docker's `containers.run` that start LLaMA Board like the compose `webui`.
+    `host_paths` are mounted read-only at their own paths: lfwrap's runs (the targets of the links in
+    saves/ that put them in LLaMA Board's checkpoint list) and models, so those paths work inside."""
     import docker.types
 
     spec: dict[str, Any] = {
@@ -238,6 +252,8 @@ def docker_spec(
         },
         "labels": {CONTAINER_LABEL: "1"},
     }
+    for path in host_paths:
+        spec["volumes"][str(path)] = {"bind": str(path), "mode": "ro"}
     for name in ("HF_ENDPOINT", "HF_TOKEN"):
         if os.environ.get(name):
             spec["environment"][name] = os.environ[name]
@@ -261,6 +277,7 @@ def start_docker(
     )
 
     check_port_free(host, port)
+    show_runs()
     data_dir = lfhome.home() / "webui" / "docker-data"
     export_data_dir(data_dir)
     hf_cache = default_hf_cache()
@@ -275,6 +292,7 @@ def start_docker(
         saves=saves_dir(),
         hf_cache=hf_cache,
         gpus=gpus,
+        host_paths=tuple(p.resolve() for p in (lfhome.runs_dir(), lfhome.models_dir()) if p.is_dir()),
     )
     options = DockerOptions(image=image)
     client = connect(options)

@@ -54,6 +54,7 @@ def runner_command() -> list[str]:
 def write_plan(plan: EvalPlan) -> Path:
     """Create the report folder with every pass's config and the runner's job list; the job list."""
     plan.out.mkdir(parents=True, exist_ok=True)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)  # a LLaMA Board run's side folder, with --out elsewhere
     if plan.rag is not None:
         write_rag_data(plan.out, plan.rag)
     jobs = []

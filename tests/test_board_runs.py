@@ -7,6 +7,7 @@ with paths relative to its working directory, llamaboard_config.yaml, then the a
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -126,6 +127,27 @@ def test_unfinished_and_unknown_board_runs_are_one_sentence(lfwrap_home: Path, l
     assert f"did you mean '{NAME}'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_runs_show_a_board_run_and_leave_it_alone(lfwrap_home: Path, lfwrap) -> None:
+    folder = board_run(lfwrap_home)
+    (folder / "trainer_log.jsonl").write_text(
+        "".join(f'{{"current_steps": {n}, "total_steps": 4, "loss": {2.0 / n}, "percentage": {25 * n}}}\n'
+                for n in range(1, 5))
+    )  # fmt: skip
+    (folder / "running_log.txt").write_text("[INFO] training done\n")
+    before = snapshot(folder)
+    shown = lfwrap("runs", "show", NAME, check=True).stdout
+    assert f"Run {NAME}: succeeded (trained in LLaMA Board" in shown and "steps      4/4 (100%)" in shown
+    assert f"  $ lfwrap serve {NAME}" in shown and f"  $ lfwrap eval {NAME} --dataset NAME" in shown
+    details = json.loads(lfwrap("runs", "show", NAME, "--json", check=True).stdout)
+    assert details["config"]["output_dir"] == str(folder) and details["status"] == "succeeded"
+    assert lfwrap("runs", "logs", NAME, check=True).stdout == "[INFO] training done\n"
+    for args in (("remove", NAME, "--yes"), ("cancel", NAME)):
+        proc = lfwrap("runs", *args)
+        assert proc.returncode == 1 and "was trained in LLaMA Board, which owns it" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert snapshot(folder) == before
+
+
 def test_llamaboard_eval_folders_are_not_runs(lfwrap_home: Path) -> None:
     board_run(lfwrap_home)
     folder = lfwrap_home / "saves" / "Qwen2.5-0.5B-Instruct" / "lora" / "eval_2026-12-02-11-00-00"
@@ -217,6 +239,34 @@ def test_llamaboards_own_listing_shows_the_cli_run(
     monkeypatch.chdir(workdir)  # LLaMA Board reads saves/ from its working directory
     listed = list_checkpoints("Qwen2.5-0.5B-Instruct", "lora")
     assert sorted(listed.choices) == [("conch", "conch"), ("train_2026-12-02-10-00-00",) * 2]
+
+
+def test_docker_web_ui_links_the_runs_and_mounts_them_at_their_own_path(
+    engine, lfwrap_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wrapper import webui
+
+    monkeypatch.setenv("HF_HOME", str(lfwrap_home / "hf"))
+    engine.hold = True
+    cli_run(lfwrap_home, "conch", "Qwen/Qwen2.5-0.5B-Instruct")
+    ui = webui.start_docker(port=_free_port(), image="hiyouga/llamafactory:latest")
+    try:
+        [body] = engine.bodies("POST", "/containers/create")
+        runs_folder = (lfwrap_home / "runs").resolve()
+        assert f"{runs_folder}:{runs_folder}:ro" in body["HostConfig"]["Binds"]
+        assert f"{lfwrap_home / 'saves'}:/app/saves:rw" in body["HostConfig"]["Binds"]
+        link = lfwrap_home / "saves" / "Qwen2.5-0.5B-Instruct" / "lora" / "conch"
+        assert Path(os.readlink(link)) == runs_folder / "conch" / "output"  # the same path inside
+    finally:
+        ui.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_docker_web_ui_mounts_the_link_targets(lfwrap_home: Path, tmp_path: Path) -> None:

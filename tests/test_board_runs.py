@@ -125,6 +125,8 @@ def test_unfinished_and_unknown_board_runs_are_one_sentence(lfwrap_home: Path, l
         assert "has no saved adapter or model yet" in proc.stderr, proc.stderr
     proc = lfwrap("serve", NAME.replace("10-00-00", "10-00-01"))
     assert f"did you mean '{NAME}'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = lfwrap("export", NAME.rsplit("/", 1)[-1])  # the run part alone
+    assert f"LLaMA Board's run is named '{NAME}'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_runs_show_a_board_run_and_leave_it_alone(lfwrap_home: Path, lfwrap) -> None:

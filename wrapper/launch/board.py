@@ -116,6 +116,12 @@ def find_any_run(name: str) -> Path:
     """The folder of a CLI run or a LLaMA Board run named as `lfwrap runs` shows it, or RunError."""
     if is_board_name(name):
         return find_board_run(name).folder
-    from wrapper.launch.runs import find_run
+    from wrapper.launch.runs import find_run, run_path
 
+    if not (run_path(name) / "meta.json").is_file():
+        same = [run.name for run in llamaboard_runs() if run.name.rsplit("/", 1)[-1] == name]
+        if same:  # the run part of a LLaMA Board run's name
+            raise RunError(
+                f"No lfwrap run named {name!r}; LLaMA Board's run is named {same[0]!r} (see `lfwrap runs`)."
+            )
     return find_run(name)

@@ -18,7 +18,8 @@ LIST_HELP = """List runs, or inspect, follow, cancel or remove them.
 
 Without a subcommand: a table of runs (name, template, status, progress, last loss, age), including
 the runs trained in LLaMA Board (`lfwrap webui`), listed as <model>/<finetuning type>/<run> with
-template "llamaboard".
+template "llamaboard": `runs show`, `runs logs`, `serve`, `export` and `eval` take them by that name
+(read-only: `runs cancel` and `runs remove` leave them to LLaMA Board).
 
 \b
 Examples:

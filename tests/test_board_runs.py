@@ -224,25 +224,6 @@ def test_links_go_when_their_run_goes(lfwrap_home: Path, lfwrap) -> None:
     assert not os.path.lexists(saves / "old")
 
 
-@pytest.mark.e2e  # imports LLaMA Board (gradio, transformers): ~20 s
-def test_llamaboards_own_listing_shows_the_cli_run(
-    lfwrap_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytest.importorskip("gradio")
-    pytest.importorskip("llamafactory")
-    from llamafactory.webui.control import list_checkpoints
-
-    cli_run(lfwrap_home, "conch", "Qwen/Qwen2.5-0.5B-Instruct")
-    board_run(lfwrap_home)
-    from wrapper import webui
-
-    workdir = webui.prepare_workdir()
-    webui.show_runs()
-    monkeypatch.chdir(workdir)  # LLaMA Board reads saves/ from its working directory
-    listed = list_checkpoints("Qwen2.5-0.5B-Instruct", "lora")
-    assert sorted(listed.choices) == [("conch", "conch"), ("train_2026-12-02-10-00-00",) * 2]
-
-
 def test_docker_web_ui_links_the_runs_and_mounts_them_at_their_own_path(
     engine, lfwrap_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

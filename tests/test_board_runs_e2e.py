@@ -1,6 +1,8 @@
 """A run trained in LLaMA Board, served, exported and evaluated by its `lfwrap runs` name (real
-LLaMA-Factory, tiny model). The run folder is laid out as LLaMA-Factory 0.9.5's webui/runner.py leaves
-it after training: training_args.yaml (its arguments, paths relative to LLaMA Board's working directory),
+LLaMA-Factory, tiny model); a CLI run listed by LLaMA Board's own list_checkpoints beside it.
+
+The run folder is laid out as LLaMA-Factory 0.9.5's webui/runner.py leaves it after training:
+training_args.yaml (its arguments, paths relative to LLaMA Board's working directory),
 llamaboard_config.yaml, and what `llamafactory-cli train` wrote there (the session's identity adapter)."""
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ def test_llamaboard_run_is_served_exported_and_evaluated(
     listed = [line.split() for line in lfwrap("runs", check=True).stdout.splitlines()]
     assert [NAME, "llamaboard", "succeeded"] in [row[:3] for row in listed]
 
+    # A finished CLI run on the same local model joins LLaMA Board's checkpoint list beside its own run:
+    # asked of LLaMA-Factory's list_checkpoints, from LLaMA Board's working directory, while the rest runs.
+    _finished_cli_run(lfwrap_home, "conch", tiny_model)
+    from wrapper import webui
+
+    workdir = webui.prepare_workdir()
+    webui.show_runs()
+    listing = subprocess.Popen(
+        [sys.executable, "-c", "import json; from llamafactory.webui.control import list_checkpoints; "
+         "print(json.dumps(list_checkpoints('Custom', 'lora').choices))"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     port = _free_port()
     log = tmp_path / "serve.out"
     server = subprocess.Popen(
@@ -120,4 +134,21 @@ def test_llamaboard_run_is_served_exported_and_evaluated(
     [report] = (side / "eval").glob("*/report.html")
     assert (report.parent / "loss.png").is_file()  # from the board run's trainer_log.jsonl
 
+    listed, errors = listing.communicate(timeout=300)
+    assert listing.returncode == 0, errors
+    assert sorted(name for name, _ in json.loads(listed)) == ["conch", RUN]
+
     assert _snapshot(folder) == before  # LLaMA Board's folder: read, never written
+
+
+def _finished_cli_run(home: Path, name: str, model: Path) -> None:
+    """A succeeded run as `lfwrap train` leaves it: meta.json, config.yaml, output/ with the adapter."""
+    from wrapper.launch import runs
+
+    output = home / "runs" / name / "output"
+    output.mkdir(parents=True)
+    (output / "adapter_config.json").write_text("{}")
+    (output / "adapter_model.safetensors").write_bytes(b"weights")
+    config = {"model_name_or_path": str(model), "finetuning_type": "lora", "output_dir": str(output)}
+    (output.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    runs.write_meta(output.parent, runs.RunMeta(name=name, output_dir=str(output), status="succeeded"))

@@ -196,6 +196,19 @@ def test_finished_cli_runs_are_linked_by_model_name(lfwrap_home: Path, tmp_path:
     assert board_links.sync_links().made == []  # idempotent
 
 
+def test_a_model_path_set_in_llamaboard_gives_its_name(lfwrap_home: Path, tmp_path: Path) -> None:
+    model = tmp_path / "weights"
+    model.mkdir()
+    cache = lfwrap_home / "webui" / "llamaboard_cache"
+    cache.mkdir(parents=True)  # what LLaMA Board's save_config writes when a model path is entered
+    config = {"lang": "en", "last_model": "Llama-3-8B-Instruct",
+              "path_dict": {"Llama-3-8B-Instruct": str(model)}}  # fmt: skip
+    (cache / "user_config.yaml").write_text(yaml.safe_dump(config))
+    cli_run(lfwrap_home, "conch", str(model))
+    [link] = board_links.sync_links().made
+    assert link == lfwrap_home / "saves" / "Llama-3-8B-Instruct" / "lora" / "conch"
+
+
 def test_a_users_folder_is_never_replaced(lfwrap_home: Path) -> None:
     cli_run(lfwrap_home, "conch", "Qwen/Qwen2.5-0.5B-Instruct")
     theirs = board_run(lfwrap_home, "Qwen2.5-0.5B-Instruct/lora/conch")

@@ -51,6 +51,7 @@ def webui_url(lfwrap, lfwrap_home: Path) -> Iterator[str]:
     _need_browser()
     # A user dataset registered before start must show up next to the bundled ones.
     lfwrap("data", "identity", "--name", "神奇海螺", "--author", "蟹堡王", check=True)
+    _finished_cli_run(lfwrap_home, "conch", "Qwen/Qwen2.5-0.5B-Instruct")  # must join the checkpoint list
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "wrapper.cli.main", "webui", "--backend", "local", "--port", str(port)],
@@ -92,6 +93,21 @@ def webui_url(lfwrap, lfwrap_home: Path) -> Iterator[str]:
         httpx.get(url, timeout=5)
     log = (lfwrap_home / "webui" / "webui.log").read_text(encoding="utf-8", errors="replace")
     assert f"Running on local URL:  http://127.0.0.1:{port}" in log
+
+
+def _finished_cli_run(home: Path, name: str, model: str) -> None:
+    """A succeeded run as `lfwrap train` leaves it: meta.json, config.yaml, output/ with the adapter."""
+    import yaml
+
+    from wrapper.launch import runs
+
+    output = home / "runs" / name / "output"
+    output.mkdir(parents=True)
+    (output / "adapter_config.json").write_text("{}")
+    (output / "adapter_model.safetensors").write_bytes(b"weights")
+    config = {"model_name_or_path": model, "finetuning_type": "lora", "output_dir": str(output)}
+    (output.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    runs.write_meta(output.parent, runs.RunMeta(name=name, output_dir=str(output), status="succeeded"))
 
 
 def _dataset_choices(page: Page, wait_for: str) -> list[str]:
@@ -144,6 +160,16 @@ def test_train_tab_lists_lfwrap_datasets(webui_url: str) -> None:
             dpo = _dataset_choices(page, wait_for="dpo_demo")
             # Ranking stages list the preference set; the SFT-only sets are not offered for DPO.
             assert "dpo_demo" in dpo and "alpaca_demo" not in dpo, dpo
+
+            # lfwrap's finished run is a checkpoint of its base model (saves/<model>/lora/<run> links to it).
+            model = page.get_by_label("Model name", exact=True).filter(visible=True)
+            model.click()
+            page.keyboard.type("Qwen2.5-0.5B-Instruct")
+            page.get_by_role("option", name="Qwen2.5-0.5B-Instruct", exact=True).click()
+            _close_dropdown(page)
+            page.get_by_label("Checkpoint path", exact=True).filter(visible=True).click()
+            expect(page.get_by_role("option", name="conch", exact=True)).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_cli_run_checkpoint.png"))
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

@@ -6,6 +6,7 @@ reading it here needs nothing but the standard library, so validation starts ins
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class Schema:
     fields: dict[str, FieldSpec]
     templates: list[str]
     model_templates: dict[str, str]  # hub id or LLaMA-Factory model name -> default chat template
+    model_names: dict[str, str] = dataclasses.field(default_factory=dict)  # hub id -> LLaMA Board's name
 
     def field(self, name: str) -> FieldSpec | None:
         return self.fields.get(name)
@@ -226,4 +228,5 @@ def load_schema(version: str = SCHEMA_VERSION) -> Schema:
         fields={name: _spec(name, raw) for name, raw in sorted(data["fields"].items())},
         templates=list(data["templates"]),
         model_templates=dict(data["model_templates"]),
+        model_names=dict(data.get("model_names", {})),
     )

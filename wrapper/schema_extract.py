@@ -162,6 +162,18 @@ def extract_templates() -> tuple[list[str], dict[str, str]]:
     return sorted(TEMPLATES), model_templates
 
 
+def extract_model_names() -> dict[str, str]:
+    """Hub id (every download source) -> the model's name in LLaMA Board's model list, which names its
+    save folder saves/<model name>/ (the first name registered for an id, as LLaMA Board lists them)."""
+    from llamafactory.extras.constants import SUPPORTED_MODELS
+
+    names: dict[str, str] = {}
+    for name, sources in SUPPORTED_MODELS.items():
+        for path in sources.values():
+            names.setdefault(str(path), name)
+    return names
+
+
 def extract() -> dict[str, Any]:
     import llamafactory
 
@@ -171,6 +183,7 @@ def extract() -> dict[str, Any]:
         "fields": extract_fields(),
         "templates": templates,
         "model_templates": model_templates,
+        "model_names": extract_model_names(),
     }
 
 

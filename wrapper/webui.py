@@ -4,7 +4,8 @@ LLaMA Board 0.9.5 finds its files relative to its working directory (llamafactor
 `data/` (the Train tab lists the datasets of `data/dataset_info.json`), `saves/` (where it trains to and
 resumes from), `llamaboard_cache/` and `llamaboard_config/`. So the local backend starts it in a folder
 prepared under $LFWRAP_HOME/webui, where `data` is a symlink to the prepared datasets folder and `saves`
-a symlink to $LFWRAP_HOME/saves.
+a symlink to $LFWRAP_HOME/saves. lfwrap's finished runs are linked into saves/ (launch/board_links.py),
+so LLaMA Board lists their adapters as checkpoints; `lfwrap runs` lists the runs LLaMA Board trains there.
 
 Both start through lfwrap's backends (wrapper.launch.local, wrapper.launch.docker_backend), as training
 does: one way to find llamafactory-cli, to stop a process group, to check what a container may mount.
@@ -67,6 +68,15 @@ def prepare_workdir() -> Path:
     _link(workdir / "data", prepare_dataset_dir())
     _link(workdir / "saves", saves_dir())
     return workdir
+
+
+def show_runs() -> list[str]:
+    """Link lfwrap's finished runs into saves/ for LLaMA Board's checkpoint list (launch/board_links.py);
+    the reasons a run could not be shown."""
+    from wrapper.launch.board_links import sync_links
+
+    saves_dir()
+    return sync_links().skipped
 
 
 def _portable_entry(name: str, entry: dict[str, Any], source_dir: Path, dest: Path) -> dict[str, Any]:
@@ -177,6 +187,7 @@ def start_local(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> WebUI:
     check_port_free(host, port)
     cli = llamafactory_cli()
     workdir = prepare_workdir()
+    show_runs()
     log = workdir / "webui.log"
     log.write_bytes(b"")  # this start's output only
     process = spawn([cli, "webui"], cwd=workdir, log_path=log, env=local_env(host, port))
@@ -184,11 +195,21 @@ def start_local(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> WebUI:
 
 
 def docker_setup(
-    *, image: str, host: str, port: int, data_dir: Path, saves: Path, hf_cache: Path, gpus: bool = True
+    *,
+    image: str,
+    host: str,
+    port: int,
+    data_dir: Path,
+    saves: Path,
+    hf_cache: Path,
+    gpus: bool = True,
+    host_paths: tuple[Path, ...] = (),
 ) -> tuple[DockerOptions, list[Mount], dict[str, str]]:
     """The Docker backend's options, mounts and environment that start LLaMA Board like the compose
     `webui`: the portable data folder at /app/data with the bundled datasets at /app/data/bundled
-    (read-only), saves at /app/saves and the Hugging Face cache (read-write)."""
+    (read-only), saves at /app/saves and the Hugging Face cache (read-write). `host_paths` are mounted
+    read-only at their own paths: lfwrap's runs (the targets of the links in saves/ that put them in
+    LLaMA Board's checkpoint list) and models, so those paths work inside."""
     from wrapper.launch.docker_backend import DockerOptions
     from wrapper.launch.docker_paths import Mount
 
@@ -203,6 +224,7 @@ def docker_setup(
         Mount(data_dir, f"{CONTAINER_WORKDIR}/data", read_only=True),
         Mount(lfhome.bundled_datasets_dir().resolve(), f"{CONTAINER_WORKDIR}/data/bundled", read_only=True),
         Mount(saves, f"{CONTAINER_WORKDIR}/saves", read_only=False),
+        *(Mount(path, str(path), read_only=True) for path in host_paths),
     ]
     env = {
         "GRADIO_SERVER_NAME": "0.0.0.0",
@@ -242,6 +264,7 @@ def start_docker(
     from wrapper.launch.docker_backend import default_hf_cache, start_container
 
     check_port_free(host, port)
+    show_runs()
     data_dir = lfhome.home() / "webui" / "docker-data"
     export_data_dir(data_dir)
     options, mounts, env = docker_setup(
@@ -252,6 +275,7 @@ def start_docker(
         saves=saves_dir(),
         hf_cache=default_hf_cache(),
         gpus=gpus,
+        host_paths=tuple(p.resolve() for p in (lfhome.runs_dir(), lfhome.models_dir()) if p.is_dir()),
     )
     try:
         handle = start_container(**_container(options, mounts, env))

@@ -22,6 +22,9 @@ process. Reports BLEU-4 and ROUGE-1/2/L (LLaMA-Factory's), exact match, mean ans
 loss, and writes RUN/eval/<time>/ (or --out): report.html (metrics, loss curves, sample answers with
 differences marked), loss.png, metrics.json and predictions.jsonl.
 
+A run trained in LLaMA Board is named as `lfwrap runs` lists it (<model>/<finetuning type>/<run>); its
+report goes to $LFWRAP_HOME/llamaboard/<that name>/eval/<time>/ (its own folder is never written to).
+
 Rows: the run's own eval split (eval_dataset, or the val_size split it held out) unless --dataset
 names registered datasets.
 
@@ -36,6 +39,7 @@ Examples:
   $ lfwrap eval conch                          # a run trained with --set val_size=0.1
   $ lfwrap eval conch --no-base --out reports/conch
   $ lfwrap eval conch --dataset menu_qa --rag-index krusty-docs --no-base
+  $ lfwrap eval Qwen2.5-0.5B-Instruct/lora/train_2026-12-02-10-00-00 --dataset identity
 """
 
 

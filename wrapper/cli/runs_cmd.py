@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from wrapper.launch.runs import BoardRun
     from wrapper.launch.train import RunResult
 
 LIST_HELP = """List runs, or inspect, follow, cancel or remove them.
 
 Without a subcommand: a table of runs (name, template, status, progress, last loss, age), including
 the runs trained in LLaMA Board (`lfwrap webui`), listed as <model>/<finetuning type>/<run> with
-template "llamaboard".
+template "llamaboard": `runs show`, `runs logs`, `serve`, `export` and `eval` take them by that name
+(read-only: `runs cancel` and `runs remove` leave them to LLaMA Board).
 
 \b
 Examples:
@@ -83,14 +85,26 @@ of the loss, where its adapter, loss plot and evaluation reports are, and what t
 Examples:
   $ lfwrap runs show conch
   $ lfwrap runs show conch --json
+  $ lfwrap runs show Custom/lora/train_2026-12-02-10-00-00     # trained in LLaMA Board
 """,
 )
 @click.argument("run")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's meta.json.")
 def show(run: str, as_json: bool) -> None:
+    from wrapper.launch import board
     from wrapper.launch import runs as store
     from wrapper.launch.train import refresh, result
 
+    if board.is_board_name(run):
+        source = board.find_board_run(run)
+        if as_json:
+            details = {"name": source.name, "folder": str(source.folder), "status": source.status,
+                       "created": source.created, "config": board.board_config(source)}  # fmt: skip
+            click.echo(json.dumps(details, indent=2, ensure_ascii=False))
+            return
+        for line in board_summary_lines(source):
+            click.echo(line)
+        return
     run_dir = store.find_run(run)
     refresh(run_dir)
     outcome = result(run_dir)
@@ -123,6 +137,30 @@ def _loss_line(label: str, points: list[tuple[int, float]]) -> list[str]:
         f"{'':<11}{sparkline([value for _, value in points])}  ({len(points)} points, steps "
         f"{points[0][0]}-{points[-1][0]})",
     ]
+
+
+def board_summary_lines(source: BoardRun) -> list[str]:
+    """The readable `runs show` text of a run trained in LLaMA Board."""
+    from wrapper.launch import board
+    from wrapper.launch import runs as store
+    from wrapper.launch.progress import read_progress
+
+    progress = read_progress(source.folder / store.TRAINER_LOG)
+    lines = [f"Run {source.name}: {source.status} (trained in LLaMA Board; its folder is read-only here)"]
+    lines.append(f"{'saved':<11}{source.created}")
+    if progress.total:
+        lines.append(f"{'steps':<11}{progress.step}/{progress.total} ({progress.percentage:g}%)")
+    lines += _loss_line("loss", progress.losses)
+    lines += _loss_line("eval loss", progress.eval_losses)
+    lines.append(f"{'run dir':<11}{source.folder}")
+    lines.append(f"{'lfwrap dir':<11}{board.side_dir(source)}")
+    lines.append("Next:")
+    if source.status == "succeeded":
+        lines += [f"  $ lfwrap {command} {source.name}" for command in ("eval", "serve", "export")]
+        lines[-3] += " --dataset NAME"
+    else:
+        lines.append("  finish, resume or remove it in LLaMA Board (`lfwrap webui`)")
+    return lines
 
 
 def summary_lines(run_dir: Path, outcome: RunResult) -> list[str]:
@@ -171,6 +209,19 @@ def summary_lines(run_dir: Path, outcome: RunResult) -> list[str]:
     return lines
 
 
+def _refuse_board_run(name: str, action: str, instead: str) -> None:
+    """RunError for a LLaMA Board run: lfwrap never writes its folder nor signals its processes."""
+    from wrapper.errors import RunError
+    from wrapper.launch import board
+
+    if board.is_board_name(name):
+        source = board.find_board_run(name)
+        raise RunError(
+            f"Run {source.name} was trained in LLaMA Board, which owns it; lfwrap does not {action} it: "
+            f"{instead} ({source.folder})."
+        )
+
+
 @runs.command(
     "logs",
     help="""Print a run's train.log; --follow keeps printing until the run ends.
@@ -184,9 +235,15 @@ Examples:
 @click.argument("run")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
 def logs(run: str, follow: bool) -> None:
+    from wrapper.launch import board
     from wrapper.launch import runs as store
     from wrapper.launch.train import refresh
 
+    if board.is_board_name(run):  # a LLaMA Board run: its log is LLaMA Board's running_log.txt, printed
+        board_log = board.find_board_run(run).folder / "running_log.txt"
+        text = board_log.read_text(encoding="utf-8", errors="replace") if board_log.is_file() else ""
+        click.echo(text, nl=False)
+        return
     run_dir = store.find_run(run)
     path = run_dir / store.LOG_FILE
     offset = 0
@@ -224,6 +281,7 @@ def cancel(run: str) -> None:
     from wrapper.launch import runs as store
     from wrapper.launch.train import cancel_run
 
+    _refuse_board_run(run, "cancel", "stop it with LLaMA Board's Abort button")
     meta = cancel_run(store.find_run(run))
     click.echo(f"Run {meta.name} is {meta.status}.")
 
@@ -250,6 +308,8 @@ def remove(names: tuple[str, ...], yes: bool) -> None:
     from wrapper.launch import runs as store
     from wrapper.launch.train import folder_size, remove_run
 
+    for name in names:
+        _refuse_board_run(name, "remove", "delete its folder yourself if you no longer want it")
     folders = [store.find_run(name) for name in dict.fromkeys(names)]  # every name checked before any delete
     sizes = {folder: folder_size(folder) for folder in folders}
     listing = ", ".join(f"{folder.name} ({sizes[folder] / 1e6:.1f} MB)" for folder in folders)

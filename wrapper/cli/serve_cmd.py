@@ -17,7 +17,8 @@ from wrapper.cli.options import (
 from wrapper.errors import UsageError
 
 HELP = """Serve a finished run (base model + its LoRA adapter) or a model folder with LLaMA-Factory's
-API server, wait until it answers, print its URL, and keep it running until Ctrl-C.
+API server, wait until it answers, print its URL, and keep it running until Ctrl-C. A run trained in
+LLaMA Board is named as `lfwrap runs` lists it (<model>/<finetuning type>/<run>).
 
 The server speaks the OpenAI chat API (GET /v1/models, POST /v1/chat/completions) and serves one
 model at a time; put `lfwrap gateway` in front of it for keys and more clients. On an address
@@ -29,6 +30,7 @@ Examples:
   $ lfwrap serve conch --port 8001 --api-key sk-local --model-name conch
   $ lfwrap serve --model ~/.lfwrap/runs/conch/merged --chat-template default
   $ lfwrap serve conch --backend docker
+  $ lfwrap serve Qwen2.5-0.5B-Instruct/lora/train_2026-12-02-10-00-00   # trained in LLaMA Board
   $ lfwrap serve conch --host 0.0.0.0 --api-key "$LF_API_KEY"     # off loopback: a key is required
 """
 
@@ -72,9 +74,9 @@ def serve(
         raise UsageError("Give either a run name or --model PATH (not both); list runs with `lfwrap runs`.")
     options = dict(port=port, host=host, api_key=api_key, model_name=model_name, backend=backend)
     if run:
-        from wrapper.launch.runs import find_run
+        from wrapper.launch.board import find_any_run
 
-        find_run(run)  # an unknown name fails here, before the progress line
+        find_any_run(run)  # an unknown name fails here, before the progress line
     click.echo("Starting LLaMA-Factory's API server (loading the model) ...", err=True)
     if run:
         server = serve_run(run, sets=sets, **options)

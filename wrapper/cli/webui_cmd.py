@@ -10,11 +10,15 @@ import click
 
 from wrapper.cli.options import backend_option, gpus_option, host_option, image_option, port_option, renamed
 
+RESYNC_SECONDS = 2.0
+
 HELP = """Start LLaMA-Factory's web UI (LLaMA Board) with lfwrap's datasets and saves.
 
 The bundled and registered datasets appear in the Train tab's dataset list, and trainings started
-from the UI write under $LFWRAP_HOME/saves. Waits until the UI answers, prints its URL, and runs
-until Ctrl-C, which stops it.
+from the UI write under $LFWRAP_HOME/saves, where `lfwrap runs` lists them (and `serve`, `export` and
+`eval` take them by that name). lfwrap's finished runs appear in LLaMA Board's checkpoint list for their
+model (Custom for a local model folder): saves/<model>/<finetuning type>/<run> links to their adapter.
+Waits until the UI answers, prints its URL, and runs until Ctrl-C, which stops it.
 
 \b
 --backend local   runs `llamafactory-cli webui` here (needs `pip install 'lfwrap[local]'`; CPU works)
@@ -67,8 +71,12 @@ def webui(backend: str, port: int, host: str, image: str | None, gpus: str | Non
         lib.wait_ready(ui, timeout=timeout)
         click.echo(f"Web UI ready: {ui.url}")
         click.echo("Press Ctrl-C to stop it.", err=True)
+        shown: set[str] = set()
         while ui.alive():
-            time.sleep(1.0)
+            for note in set(lib.show_runs()) - shown:  # runs that finish meanwhile join the checkpoint list
+                click.echo(f"note: {note}.", err=True)
+                shown.add(note)
+            time.sleep(RESYNC_SECONDS)
         where = f"; see {ui.log}" if ui.log else ""
         raise LaunchError(f"the web UI ({backend}) stopped on its own{where}.")
     except KeyboardInterrupt:

@@ -67,6 +67,7 @@ def write_plan(plan: EvalPlan) -> Path:
     ):
         prepare_dataset_dir()
     plan.out.mkdir(parents=True, exist_ok=True)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)  # a LLaMA Board run's side folder, with --out elsewhere
     if plan.rag is not None:
         write_rag_data(plan.out, plan.rag)
     jobs = []

@@ -22,7 +22,8 @@ from typing import Any
 
 from wrapper.errors import DatasetError, RunError, UsageError
 from wrapper.evaluate.rag import RAG_DATASET, RAG_DIR, RagEval, plan_rag_rows
-from wrapper.launch import runs
+from wrapper.launch import board, runs
+from wrapper.launch.board import tuned_adapters
 
 EVAL_DIR = "eval"
 MODELS = ("base", "tuned")
@@ -58,6 +59,7 @@ class EvalPlan:
     models: tuple[str, ...]
     passes: tuple[Pass, ...]
     rag: RagEval | None = None  # --rag-index: the grounded rows, written into out/RAG_DIR at the start
+    output_dir: Path | None = None  # the fine-tuned model's folder (its trainer_log.jsonl: the loss plot)
 
     def folder(self, item: Pass) -> Path:
         return Path(item.config["output_dir"])
@@ -156,8 +158,7 @@ def model_keys(config: dict[str, Any], output_dir: str) -> dict[str, dict[str, A
     base = str(config["model_name_or_path"])
     method = str(config.get("finetuning_type") or "lora")
     if method in ADAPTER_TYPES:
-        earlier = config.get("adapter_name_or_path")  # a run that continued from other adapters
-        adapters = ",".join([*(str(earlier).split(",") if earlier else []), output_dir])
+        adapters = ",".join(tuned_adapters(config, output_dir))  # a run may continue from other adapters
         tuned = {"model_name_or_path": base, "adapter_name_or_path": adapters, "finetuning_type": method}
     else:  # full or freeze: output_dir is a whole model
         tuned = {"model_name_or_path": output_dir}
@@ -178,6 +179,29 @@ def _check_model_files(run_dir: Path, base: str, output: Path) -> None:
         raise RunError(f"Run {run!r} left no adapter or model weights in {output}; nothing to evaluate.")
 
 
+def _trained(name: str) -> tuple[Path, dict[str, Any], str]:
+    """(the folder eval works and reports in, the training config, the fine-tuned model's folder) of a
+    finished run; a LLaMA Board run's reports go to its lfwrap side folder, never into its own."""
+    from wrapper.launch.configfile import read_config
+
+    if board.is_board_name(name):
+        source = board.find_board_run(name)
+        board.require_trained(source, "evaluated")
+        return board.side_dir(source), board.board_config(source), str(source.folder)
+    run_dir = runs.find_run(name)
+    meta = runs.read_meta(run_dir)
+    if meta.kind != "train":
+        raise RunError(f"Run {name!r} is an export, not a training run; evaluate the run it was made from.")
+    meta = runs.require_succeeded(run_dir, "evaluate")
+    if meta.backend == "docker":
+        raise RunError(
+            f"Run {name!r} was trained with --backend docker, which lfwrap eval does not support yet; "
+            "render a predict config with `lfwrap render --template predict` and run it in the container "
+            "with `llamafactory-cli train`."
+        )
+    return run_dir, read_config(run_dir), meta.output_dir
+
+
 def plan_eval(
     name: str,
     *,
@@ -191,21 +215,9 @@ def plan_eval(
     rag_top_k: int = 4,
 ) -> EvalPlan:
     """The passes `lfwrap eval` runs for run `name`; RunError / UsageError / DatasetError when it cannot."""
-    from wrapper.launch.configfile import read_config
     from wrapper.render import render_template
 
-    run_dir = runs.find_run(name)
-    meta = runs.read_meta(run_dir)
-    if meta.kind != "train":
-        raise RunError(f"Run {name!r} is an export, not a training run; evaluate the run it was made from.")
-    meta = runs.require_succeeded(run_dir, "evaluate")
-    if meta.backend == "docker":
-        raise RunError(
-            f"Run {name!r} was trained with --backend docker, which lfwrap eval does not support yet; "
-            "render a predict config with `lfwrap render --template predict` and run it in the container "
-            "with `llamafactory-cli train`."
-        )
-    config = read_config(run_dir)
+    run_dir, config, output_dir = _trained(name)
     if config.get("stage") in ("rm", "ppo"):
         raise RunError(
             f"Run {name!r} trained stage {config['stage']}, whose model is scored or sampled rather than "
@@ -213,7 +225,7 @@ def plan_eval(
         )
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"--max-samples {max_samples} must be at least 1.")
-    _check_model_files(run_dir, str(config.get("model_name_or_path") or ""), Path(meta.output_dir))
+    _check_model_files(run_dir, str(config.get("model_name_or_path") or ""), Path(output_dir))
     if rag is not None and datasets is None:
         raise UsageError(
             "--rag-index grounds the rows of --dataset: name them, e.g. --dataset identity --rag-index INDEX."
@@ -228,7 +240,7 @@ def plan_eval(
     if batch_size is not None:
         generate["per_device_eval_batch_size"] = batch_size
     models: tuple[str, ...] = MODELS if base else ("tuned",)
-    keys = model_keys(config, meta.output_dir)
+    keys = model_keys(config, output_dir)
     grounded = None
     if rag is not None:
         from wrapper.validate import split_names
@@ -256,4 +268,4 @@ def plan_eval(
             if kind == "loss":
                 extra.update(do_predict=False, predict_with_generate=False, do_eval=True)
             passes.append(Pass(model, kind, render_template("predict", extra=extra).data))
-    return EvalPlan(name, run_dir, dataset, note, folder, models, tuple(passes), grounded)
+    return EvalPlan(name, run_dir, dataset, note, folder, models, tuple(passes), grounded, Path(output_dir))

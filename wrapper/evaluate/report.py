@@ -55,9 +55,9 @@ def marked(answer: str, reference: str) -> Markup:
     return Markup("".join(out))
 
 
-def write_loss_plot(run_dir: Path, target: Path) -> Path | None:
+def write_loss_plot(run: str, output_dir: Path, target: Path) -> Path | None:
     """loss.png: training and eval loss against step; None when the run logged no loss."""
-    progress = read_progress(Path(runs.read_meta(run_dir).output_dir) / runs.TRAINER_LOG)
+    progress = read_progress(output_dir / runs.TRAINER_LOG)
     train, evaluated = progress.losses, progress.eval_losses
     if not train and not evaluated:
         return None
@@ -73,7 +73,7 @@ def write_loss_plot(run_dir: Path, target: Path) -> Path | None:
         axes.plot(*zip(*evaluated, strict=True), label="eval loss", color="#d62728", marker="o")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
-    axes.set_title(f"Run {run_dir.name}")
+    axes.set_title(f"Run {run}")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -140,7 +140,8 @@ def write_report(plan: EvalPlan, metrics: dict[str, Any], rows: list[dict[str, A
     with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plot = write_loss_plot(plan.run_dir, out / "loss.png")
+    output_dir = plan.output_dir or Path(runs.read_meta(plan.run_dir).output_dir)
+    plot = write_loss_plot(plan.run, output_dir, out / "loss.png")
     page = out / "report.html"
     page.write_text(render_html(plan, metrics, rows, plot), encoding="utf-8")
     return page

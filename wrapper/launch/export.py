@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wrapper.errors import LaunchError, RunError
 from wrapper.launch import runs
@@ -10,6 +11,9 @@ from wrapper.launch.configfile import read_host_config, write_yaml
 from wrapper.launch.local import llamafactory_cli, spawn
 from wrapper.launch.process import stop_group
 from wrapper.launch.progress import error_lines
+
+if TYPE_CHECKING:
+    from wrapper.launch.runs import BoardRun
 
 EXPORT_FILE = "export.yaml"
 
@@ -30,6 +34,28 @@ def export_config(run_dir: Path, out: Path, sets: tuple[str, ...] = ()) -> dict:
     return render_template("merge_lora", sets, extra=extra).data
 
 
+def board_export_config(source: BoardRun, out: Path, sets: tuple[str, ...] = ()) -> dict:
+    """The merge_lora config for a finished LLaMA Board LoRA run, writing the merged model to `out`."""
+    from wrapper.launch import board
+    from wrapper.render import render_template
+
+    board.require_trained(source, "exported")
+    config = board.board_config(source)
+    if config.get("finetuning_type", "lora") not in ("lora", "oft"):
+        raise RunError(
+            f"LLaMA Board run {source.name!r} trained the whole model ({config['finetuning_type']}); its "
+            f"folder {source.folder} is already a standalone model: `lfwrap serve --model {source.folder}`."
+        )
+    extra = {
+        "model_name_or_path": config["model_name_or_path"],
+        "adapter_name_or_path": ",".join(board.tuned_adapters(config, str(source.folder))),
+        "export_dir": str(out),
+    }
+    if config.get("template"):
+        extra["template"] = config["template"]
+    return render_template("merge_lora", sets, extra=extra).data
+
+
 def export_run(
     name: str,
     out: Path | None = None,
@@ -43,11 +69,22 @@ def export_run(
     An `out` folder that is not empty is refused unless `force`: the merge writes config.json,
     tokenizer and weight files there and would mix them with (or replace) what it holds.
     """
-    run_dir = runs.find_run(name)
-    target = (out or run_dir / "merged").expanduser().resolve()
-    if out is not None and not force:
-        check_out_folder(target)
-    config = export_config(run_dir, target, sets)
+    from wrapper.launch import board
+
+    if board.is_board_name(name):  # a LLaMA Board run: read-only, lfwrap's files go to its side folder
+        source = board.find_board_run(name)
+        run_dir = board.side_dir(source)
+        target = (out or run_dir / "merged").expanduser().resolve()
+        if out is not None and not force:
+            check_out_folder(target)
+        config = board_export_config(source, target, sets)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = runs.find_run(name)
+        target = (out or run_dir / "merged").expanduser().resolve()
+        if out is not None and not force:
+            check_out_folder(target)
+        config = export_config(run_dir, target, sets)
     path = run_dir / EXPORT_FILE
     log_path = run_dir / "export.log"
     if backend == "docker":
@@ -83,8 +120,9 @@ def _export_docker(run_dir: Path, config: dict, path: Path, log_path: Path, targ
     from wrapper.launch.docker_paths import Mount, docker_setup, in_container
 
     # A run trained with --as-me is exported as the same user, so its merged model is the user's too.
-    trained, _ = docker_setup(runs.read_meta(run_dir))
-    options = DockerOptions(hf_cache=default_hf_cache(), user=trained.user)
+    meta = runs.read_meta(run_dir) if (run_dir / runs.META_FILE).is_file() else None  # none: a board run
+    user = docker_setup(meta)[0].user if meta is not None else None
+    options = DockerOptions(hf_cache=default_hf_cache(), user=user)
     extra = []
     if not target.is_relative_to(run_dir):
         target.mkdir(parents=True, exist_ok=True)

@@ -284,8 +284,22 @@ def llamaboard_runs() -> list[BoardRun]:
         folder = args.parent
         if folder.is_symlink() or folder.parent.is_symlink():  # lfwrap's own runs, linked for LLaMA Board
             continue
+        if not _board_training(args):  # LLaMA Board's Evaluate tab writes the same file, without do_train
+            continue
         done = any((folder / name).is_file() for name in ADAPTER_FILES)
         stamp = datetime.fromtimestamp(args.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
         name = "/".join(folder.relative_to(root).parts)
         found.append(BoardRun(name, folder, "succeeded" if done else "incomplete", stamp))
     return found
+
+
+def _board_training(args: Path) -> bool:
+    import yaml
+
+    try:
+        config = yaml.safe_load(args.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True  # listed (as incomplete): a damaged file should not hide a run
+    if not isinstance(config, dict):
+        return True
+    return bool(config.get("do_train")) or not (config.get("do_predict") or config.get("do_eval"))

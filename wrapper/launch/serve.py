@@ -201,8 +201,30 @@ def _start_docker(
     return stop, alive
 
 
+def board_infer_config(name: str, sets: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """The infer config for a finished LLaMA Board run, and where to write it (its lfwrap side folder)."""
+    from wrapper.launch import board
+
+    run = board.find_board_run(name)
+    board.require_trained(run, "served")
+    config = board.board_config(run)
+    if config.get("finetuning_type", "lora") in ("lora", "oft"):
+        adapters = ",".join(board.tuned_adapters(config, str(run.folder)))
+        model, adapter = str(config["model_name_or_path"]), adapters
+    else:  # full or freeze: the run folder is a whole model
+        model, adapter = str(run.folder), None
+    infer = infer_config(model, adapter=adapter, template=config.get("template"), sets=sets)
+    return infer, board.side_dir(run) / "serve.yaml"
+
+
 def serve_run(name: str, *, sets: tuple[str, ...] = (), **kwargs: Any) -> ServerHandle:
-    """Serve a finished training run's adapter; see start_api_server for the keyword arguments."""
+    """Serve a finished training run's adapter (a LLaMA Board run by its <model>/<type>/<run> name too);
+    see start_api_server for the keyword arguments."""
+    from wrapper.launch.board import is_board_name
+
+    if is_board_name(name):
+        config, path = board_infer_config(name, sets)
+        return start_api_server(config, config_path=path, **kwargs)
     run_dir = runs.find_run(name)
     return start_api_server(run_infer_config(run_dir, sets), config_path=run_dir / "serve.yaml", **kwargs)
 

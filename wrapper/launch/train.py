@@ -259,4 +259,7 @@ def _remove(run_dir: Path, meta: runs.RunMeta) -> Path | None:
             f"Could not delete {len(failed)} path(s) of run {meta.name!r}, e.g. {failed[0]} (written as root "
             f"by a container?); remove {run_dir} with sudo, and use --as-me for docker runs."
         )
+    from wrapper.launch.board_links import unlink_run
+
+    unlink_run(meta.name)  # its entry in LLaMA Board's checkpoint list
     return outside

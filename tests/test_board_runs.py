@@ -249,8 +249,9 @@ def test_docker_web_ui_links_the_runs_and_mounts_them_at_their_own_path(
     try:
         [body] = engine.bodies("POST", "/containers/create")
         runs_folder = (lfwrap_home / "runs").resolve()
-        assert f"{runs_folder}:{runs_folder}:ro" in body["HostConfig"]["Binds"]
-        assert f"{lfwrap_home / 'saves'}:/app/saves:rw" in body["HostConfig"]["Binds"]
+        binds = _binds(body["HostConfig"])
+        assert f"{runs_folder}:{runs_folder}:ro" in binds
+        assert f"{lfwrap_home / 'saves'}:/app/saves:rw" in binds
         link = lfwrap_home / "saves" / "Qwen2.5-0.5B-Instruct" / "lora" / "conch"
         assert Path(os.readlink(link)) == runs_folder / "conch" / "output"  # the same path inside
     finally:
@@ -283,4 +284,9 @@ def test_docker_web_ui_mounts_the_link_targets(lfwrap_home: Path, tmp_path: Path
             host_paths=(runs_folder,),
         )
     )
-    assert f"{runs_folder}:{runs_folder}:ro" in spec["HostConfig"]["Binds"]
+    assert f"{runs_folder}:{runs_folder}:ro" in _binds(spec["HostConfig"])
+
+
+def _binds(host_config: dict) -> list[str]:
+    """The Engine API's mounts written as `docker run -v` would: source:target:ro|rw."""
+    return [f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}" for m in host_config["Mounts"]]

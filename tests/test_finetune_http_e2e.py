@@ -225,6 +225,15 @@ def test_idle_server_restarts_on_the_next_call_and_sigterm_stops_it(trained) -> 
         assert _ask(gateway.client(), job.fine_tuned_model) == IDENTITY_ANSWER  # held until it answers
         ((model, _, pid, _, _),) = store.servers()
         assert model == job.fine_tuned_model and runs.group_members(pid)
+        stream = gateway.client().chat.completions.create(
+            model=job.fine_tuned_model,
+            messages=[{"role": "user", "content": IDENTITY_QUESTION}],
+            extra_body={"do_sample": False},
+            stream=True,
+        )
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == IDENTITY_ANSWER
+        assert {c.model for c in chunks} == {job.fine_tuned_model}
 
         assert gateway.stop(signal.SIGTERM) == 0  # the gateway stops every server it started
         assert runs.group_members(pid) == [] and store.servers() == []

@@ -184,7 +184,7 @@ def test_job_requests_refused_in_openai_shape(gateway) -> None:
 
 
 def test_jobs_pagination_metadata_and_the_worker_in_the_gateway(gateway) -> None:
-    _, client, _ = gateway
+    server, client, _ = gateway
     train = client.files.create(file=("t.jsonl", identity_jsonl()), purpose="fine-tune").id
     ids = [
         client.fine_tuning.jobs.create(
@@ -221,6 +221,7 @@ def test_jobs_pagination_metadata_and_the_worker_in_the_gateway(gateway) -> None
     assert messages[-1].startswith("Created fine-tuning job") and "Fine-tuning job queued" in messages
     assert client.fine_tuning.jobs.checkpoints.list(ids[0]).data == []
     assert not [m.id for m in client.models.list() if m.id.startswith("ft:")]
+    assert httpx.get(server.url + "/readyz").status_code == 200  # fine-tuning alone: ready
 
 
 def test_openapi_document_describes_the_fine_tuning_endpoints(gateway) -> None:

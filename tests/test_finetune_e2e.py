@@ -1,9 +1,9 @@
-"""Fine-tuning jobs end to end, below the HTTP layer: real SQLite, real LLaMA-Factory on the tiny model,
-real API servers started by the serving pool, the official openai client against the pooled upstream."""
+"""Fine-tuning jobs end to end, below the HTTP layer: real SQLite, real LLaMA-Factory on the tiny model.
+The full path (train, metrics, checkpoints, results file, the pool serving the ft: model, idle stop and
+restart) runs through the gateway in tests/test_finetune_http_e2e.py, with one training run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,7 +14,6 @@ import pytest
 from finetune_helpers import TINY_OVERRIDES, drive, identity_jsonl, tiny_settings, upload
 from fixtures_models import IDENTITY_ANSWER, IDENTITY_QUESTION
 
-from wrapper.finetune import files
 from wrapper.finetune.jobs import create_job
 from wrapper.finetune.store import Store
 from wrapper.finetune.worker import Worker
@@ -34,111 +33,6 @@ def _no_process_mentions(text: str) -> bool:
             if text.encode() in cmdline:
                 return False
     return True
-
-
-def test_job_trains_then_pool_serves_the_fine_tuned_model(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lfwrap
-) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    settings = tiny_settings(
-        tiny_model, tmp_path, serve={"idle_stop_s": 1, "max_resident": 1, "ports": "18100-18199"}
-    )
-    store = Store(settings.database_path)
-    file_id = upload(store, settings, identity_jsonl())
-    job = create_job(
-        store,
-        settings,
-        {
-            "model": "tiny-demo",
-            "training_file": file_id,
-            "suffix": "conch",
-            "method": {
-                "type": "supervised",
-                "supervised": {"hyperparameters": {"n_epochs": 150, "batch_size": 2}},
-            },
-        },
-    )
-    assert job["status"] == "validating_files" and job["hyperparameters"] == {
-        "n_epochs": 150,
-        "batch_size": 2,
-        "learning_rate_multiplier": 1.0,
-    }
-
-    async def train() -> dict:
-        worker = Worker(store, settings, poll_seconds=0.3)
-        task = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + 600
-        while (found := store.job(job["id"]))["status"] not in ("succeeded", "failed", "cancelled"):
-            assert time.monotonic() < deadline, found
-            await asyncio.sleep(0.5)
-        worker.stop()
-        await task
-        return found
-
-    done = asyncio.run(train())
-    assert done["status"] == "succeeded", done["error"]
-    assert done["fine_tuned_model"] == f"ft:tiny-demo:conch:{job['id']}"
-    assert done["trained_tokens"] and done["trained_tokens"] > 0 and done["finished_at"]
-    events, after = [], None
-    while True:  # page through every event, newest first
-        page = store.list_events(job["id"], after, 100)
-        events += page["data"]
-        if not page["has_more"]:
-            break
-        after = page["last_id"]
-    assert len(events) > 150 and len({e["id"] for e in events}) == len(events)
-    metrics = [e for e in events if e["type"] == "metrics"]
-    assert metrics and {"step", "train_loss", "total_steps"} <= metrics[0]["data"].keys()
-    assert metrics[0]["data"]["step"] == 150 and metrics[0]["data"]["train_loss"] < 0.5  # newest first
-    messages = [e["message"] for e in events if e["type"] == "message"]
-    assert messages[0] == "The job has successfully completed" and "Fine-tuning job queued" in messages
-    checkpoints = store.list_checkpoints(job["id"], None, 10)["data"]
-    assert [c["step_number"] for c in checkpoints] == [150, 100, 50]  # save_steps = 150 / 3
-    assert checkpoints[0]["metrics"]["train_loss"] == metrics[0]["data"]["train_loss"]
-    (results,) = done["result_files"]
-    csv_lines = files.content_path(store, results).read_text().splitlines()
-    assert csv_lines[0] == "step,train_loss,valid_loss" and len(csv_lines) == 151
-    table = lfwrap("runs", check=True).stdout  # a normal run folder
-    assert job["id"] in table and "succeeded" in table
-    run_config = (runs.run_path(job["id"]) / "config.yaml").read_text()
-    assert "num_train_epochs: 150.0" in run_config and "learning_rate: 0.005" in run_config
-
-    from openai import OpenAI
-
-    from wrapper.finetune.pool import ServingPool
-
-    async def serve() -> None:
-        pool = ServingPool(store, settings)
-        await pool.start()
-        try:
-            url = await pool.ensure(done["fine_tuned_model"])
-            client = OpenAI(base_url=f"{url}/v1", api_key=pool.api_key)
-            reply = await asyncio.to_thread(
-                client.chat.completions.create,
-                model=done["fine_tuned_model"],
-                messages=[{"role": "user", "content": IDENTITY_QUESTION}],
-                extra_body={"do_sample": False},
-            )
-            assert reply.choices[0].message.content == IDENTITY_ANSWER
-            (pid,) = [server.pid for server in pool.servers.values()]
-            deadline = time.monotonic() + 60  # idle_stop_s = 1: the reaper stops it
-            while pool.servers:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.5)
-            assert not group_members(pid) and store.servers() == []
-            again = await pool.ensure(done["fine_tuned_model"])  # started anew, answering
-            reply = await asyncio.to_thread(
-                OpenAI(base_url=f"{again}/v1", api_key=pool.api_key).chat.completions.create,
-                model=done["fine_tuned_model"],
-                messages=[{"role": "user", "content": IDENTITY_QUESTION}],
-                extra_body={"do_sample": False},
-            )
-            assert reply.choices[0].message.content == IDENTITY_ANSWER
-        finally:
-            await pool.shutdown()
-        assert store.servers() == [] and _no_process_mentions(str(store.path.parent / "serve"))
-
-    asyncio.run(serve())
 
 
 def test_malformed_file_fails_the_job_naming_the_row(tiny_model: Path, tmp_path: Path) -> None:

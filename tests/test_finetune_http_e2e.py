@@ -186,6 +186,15 @@ def test_upload_fine_tune_and_call_the_fine_tuned_model(trained, monkeypatch: py
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [150, 100, 50]
     assert job.fine_tuned_model in [m.id for m in client.models.list()]
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))  # the client pages through all
+    assert len(events) > 150 and len({e.id for e in events}) == len(events)
+    messages = [e.message for e in events if e.type == "message"]
+    assert messages[0] == "The job has successfully completed" and "Fine-tuning job queued" in messages
+    (results,) = job.result_files
+    csv_lines = client.files.content(results).text.splitlines()
+    assert csv_lines[0] == "step,train_loss,valid_loss" and len(csv_lines) == 151
+    run_config = (gateway.home / "runs" / job.id / "config.yaml").read_text()
+    assert "num_train_epochs: 150.0" in run_config and "learning_rate: 0.005" in run_config
 
     assert _ask(client, job.fine_tuned_model) == IDENTITY_ANSWER  # the pool starts its server on demand
     with pytest.raises(openai.NotFoundError) as info:
@@ -216,6 +225,15 @@ def test_idle_server_restarts_on_the_next_call_and_sigterm_stops_it(trained) -> 
         assert _ask(gateway.client(), job.fine_tuned_model) == IDENTITY_ANSWER  # held until it answers
         ((model, _, pid, _, _),) = store.servers()
         assert model == job.fine_tuned_model and runs.group_members(pid)
+        stream = gateway.client().chat.completions.create(
+            model=job.fine_tuned_model,
+            messages=[{"role": "user", "content": IDENTITY_QUESTION}],
+            extra_body={"do_sample": False},
+            stream=True,
+        )
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == IDENTITY_ANSWER
+        assert {c.model for c in chunks} == {job.fine_tuned_model}
 
         assert gateway.stop(signal.SIGTERM) == 0  # the gateway stops every server it started
         assert runs.group_members(pid) == [] and store.servers() == []

@@ -6,7 +6,7 @@ bench/bench_gateway.py (`--baseline`, c=64, the same gateway, wrk): this client 
 requests/s of aiohttp's; a bare proxy on the same server served 12,134 req/s with it and 4,664 with
 aiohttp (2.6x), and aiosonic measured no better than aiohttp. The parsing is httptools' (llhttp, the
 parser Node.js uses); what is written here is the connection pool, request framing and timeouts,
-attacked by tests/test_gateway_httpclient.py (framing split at every byte, chunked and close-delimited
+attacked by tests/gateway/test_httpclient.py (framing split at every byte, chunked and close-delimited
 bodies, garbage, resets, stalls, oversized answers, stale pooled connections).
 
 What the gateway asks of it: POST or GET with a small body; the answer read whole up to a limit, or as

@@ -16,7 +16,7 @@ from wrapper.launch import train as launcher
 from wrapper.launch.process import group_members
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from wrapper.home import bundled_datasets_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 
 

@@ -119,12 +119,13 @@ def test_memory_stays_flat_over_1000_faults(gw):
 
 
 def test_keys_are_stored_hashed_and_compared_in_constant_time(tmp_path, monkeypatch):
-    from wrapper.gateway.keys import KeyCache, KeyStore
+    from wrapper.gateway.keys import KEY_PREFIX, KeyCache, KeyStore
 
     store = KeyStore(tmp_path / "keys.db")
     _, key = store.create(name="k")
     raw = (tmp_path / "keys.db").read_bytes()
-    assert key.encode() not in raw and key.split("-")[-1].encode() not in raw
+    secret = key.removeprefix(KEY_PREFIX).split("-", 1)[1]  # after the key id (token_urlsafe may hold "-")
+    assert len(secret) >= 40 and key.encode() not in raw and secret.encode() not in raw
     [(stored,)] = sqlite3.connect(str(tmp_path / "keys.db")).execute("SELECT hash FROM keys").fetchall()
     assert stored == hashlib.sha256(key.encode()).hexdigest()
     compared: list[tuple[str, str]] = []

@@ -16,7 +16,7 @@ from wrapper.datasets.add import add_dataset, remove_dataset
 from wrapper.datasets.registry import check_name, prepare_dataset_dir
 from wrapper.errors import DatasetError, UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROW = '{"instruction": "q", "output": "a"}\n'
 
 

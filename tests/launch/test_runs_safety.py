@@ -2,7 +2,7 @@
 supervisor shows as lost, one writer per run, LLaMA-Factory killed or hung up on has a defined outcome.
 
 LLaMA-Factory itself is replaced here by a small shell script named as a stand-in (the supervisor runs
-it exactly like llamafactory-cli); the real one is killed in tests/test_train_e2e.py.
+it exactly like llamafactory-cli); the real one is killed in tests/launch/test_train_e2e.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from wrapper.launch.export import check_out_folder, export_run
 from wrapper.launch.plan import materialize, plan_run
 from wrapper.launch.process import group_alive, process_identity
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
     "model_name_or_path": "/models/tiny",
     "stage": "sft",

@@ -1,6 +1,6 @@
 """Fine-tuning jobs end to end, below the HTTP layer: real SQLite, real LLaMA-Factory on the tiny model.
 The full path (train, metrics, checkpoints, results file, the pool serving the ft: model, idle stop and
-restart) runs through the gateway in tests/test_finetune_http_e2e.py, with one training run."""
+restart) runs through the gateway in tests/finetune/test_http_e2e.py, with one training run."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from wrapper.datasets.add import add_dataset
 from wrapper.datasets.check import check_file
 from wrapper.datasets.identity import write_identity
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 
 pytestmark = pytest.mark.e2e

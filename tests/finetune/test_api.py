@@ -1,7 +1,7 @@
 """The fine-tuning HTTP API on a real gateway on 127.0.0.1, driven by the official openai client: files
 (upload streamed to disk, limits, content, delete), job requests and their refusals, pagination, and
 every error in OpenAI's shape. No training here: the jobs' base model is a missing folder, so the
-worker (running inside the gateway) fails each job before launching anything; tests/test_finetune_http_e2e.py
+worker (running inside the gateway) fails each job before launching anything; tests/finetune/test_http_e2e.py
 trains for real."""
 
 from __future__ import annotations

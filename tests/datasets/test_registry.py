@@ -23,7 +23,7 @@ from wrapper.datasets.registry import (
 )
 from wrapper.errors import DatasetError, UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 BUNDLED = ["identity", "alpaca_demo", "sharegpt_demo", "dpo_demo", "kto_demo"]
 

@@ -11,7 +11,7 @@ from wrapper.datasets import check as check_module
 from wrapper.datasets.check import check_file, format_report
 from wrapper.errors import DatasetError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "datasets"
 
 

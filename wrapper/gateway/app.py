@@ -27,7 +27,15 @@ from wrapper.gateway.checks import check_chat, check_score
 from wrapper.gateway.httpclient import UpstreamError, UpstreamProtocolError
 from wrapper.gateway.keys import KeyCache, KeyRecord
 from wrapper.gateway.metrics import Metrics
-from wrapper.gateway.oai import SSE_HEADERS, ApiError, Headers, request_id, send_response
+from wrapper.gateway.oai import (
+    SSE_HEADERS,
+    ApiError,
+    Headers,
+    body_too_large,
+    model_not_allowed,
+    request_id,
+    send_response,
+)
 from wrapper.gateway.ratelimit import RateLimiter, retry_after_header
 from wrapper.gateway.settings import GatewaySettings
 from wrapper.gateway.sse import StreamRewriter
@@ -280,13 +288,7 @@ class Gateway:
                 param="model",
             )
         if record is not None and not record.allows(model):
-            raise ApiError(
-                403,
-                f"This API key (id {record.key_id}) may not use model {model!r}; it may use "
-                f"{', '.join(record.models or ())}.",
-                code="model_not_allowed",
-                param="model",
-            )
+            raise model_not_allowed(record.key_id, model, record.models)
         return upstream
 
     def visible_models(self, record: KeyRecord | None) -> list[str]:
@@ -327,12 +329,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(
-                    413,
-                    f"The request body is over {limit} bytes, the most this gateway accepts "
-                    "(max_body_bytes).",
-                    code="request_too_large",
-                )
+                raise body_too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -27,7 +27,7 @@ from wrapper.errors import FineTuneError
 from wrapper.finetune import files, jobs, objects
 from wrapper.gateway.finetune_service import FineTuning, api_error
 from wrapper.gateway.keys import KeyRecord
-from wrapper.gateway.oai import ApiError
+from wrapper.gateway.oai import ApiError, body_too_large
 from wrapper.gateway.settings import GatewaySettings
 from wrapper.gateway.uploads import receive_upload
 
@@ -236,12 +236,7 @@ async def _json_body(request: Request, limit: int) -> Any:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(
-                    413,
-                    f"The request body is over {limit} bytes, the most this gateway accepts "
-                    "(max_body_bytes).",
-                    code="request_too_large",
-                )
+                raise body_too_large(limit)
             parts.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "The request was cut off before it ended.", code="invalid_request") from None

@@ -27,7 +27,7 @@ from wrapper.finetune.store import Store
 from wrapper.finetune.worker import Worker
 from wrapper.gateway.keys import KeyRecord
 from wrapper.gateway.metrics import Metrics
-from wrapper.gateway.oai import ApiError
+from wrapper.gateway.oai import ApiError, model_not_allowed
 from wrapper.gateway.settings import ModelRoute
 from wrapper.gateway.upstream import Upstream
 
@@ -91,13 +91,7 @@ class FineTuning:
         """The Upstream of `model`'s pooled server, started if needed (the request waits until it
         answers, up to the pool's ready timeout); counted in flight, so it is not stopped meanwhile."""
         if record is not None and not record.allows(model):
-            raise ApiError(
-                403,
-                f"This API key (id {record.key_id}) may not use model {model!r}; it may use "
-                f"{', '.join(record.models or ())}.",
-                code="model_not_allowed",
-                param="model",
-            )
+            raise model_not_allowed(record.key_id, model, record.models)
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(self.pool.use(model))

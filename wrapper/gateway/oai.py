@@ -96,3 +96,22 @@ async def send_response(send: Any, status: int, body: bytes, headers: Headers) -
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def model_not_allowed(key_id: str, model: str, models: tuple[str, ...] | None) -> ApiError:
+    """403 for a key limited to other models (configured routes and ft: models alike)."""
+    return ApiError(
+        403,
+        f"This API key (id {key_id}) may not use model {model!r}; it may use {', '.join(models or ())}.",
+        code="model_not_allowed",
+        param="model",
+    )
+
+
+def body_too_large(limit: int) -> ApiError:
+    """413 for a body that grew past max_body_bytes while it arrived."""
+    return ApiError(
+        413,
+        f"The request body is over {limit} bytes, the most this gateway accepts (max_body_bytes).",
+        code="request_too_large",
+    )

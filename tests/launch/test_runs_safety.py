@@ -118,7 +118,8 @@ def test_a_killed_supervisor_shows_lost_with_its_log(lfwrap_home: Path, tmp_path
     run_dir = materialize(plan_run(CONFIG, name="orphan"))
     cli = _stand_in(tmp_path, "sleep 300")
     supervisor = _supervise(run_dir, cli)
-    _wait_for(lambda: runs.read_meta(run_dir).status == "running" and (run_dir / "train.log").stat().st_size,
+    log = run_dir / "train.log"  # the supervisor may mark the run running a moment before it opens the log
+    _wait_for(lambda: runs.read_meta(run_dir).status == "running" and log.is_file() and log.stat().st_size,
               "the run to start")
     assert launcher.refresh(run_dir).status == "running"
     os.kill(supervisor.pid, signal.SIGKILL)

@@ -31,6 +31,7 @@ from openai import OpenAI
 from wrapper.finetune.store import Store
 from wrapper.gateway.keys import KeyStore
 from wrapper.launch import runs
+from wrapper.launch.process import group_members
 
 pytestmark = pytest.mark.e2e
 
@@ -224,7 +225,7 @@ def test_idle_server_restarts_on_the_next_call_and_sigterm_stops_it(trained) -> 
         assert _no_process_mentions(str(gateway.home / "ft" / "serve"))
         assert _ask(gateway.client(), job.fine_tuned_model) == IDENTITY_ANSWER  # held until it answers
         ((model, _, pid, _, _),) = store.servers()
-        assert model == job.fine_tuned_model and runs.group_members(pid)
+        assert model == job.fine_tuned_model and group_members(pid)
         stream = gateway.client().chat.completions.create(
             model=job.fine_tuned_model,
             messages=[{"role": "user", "content": IDENTITY_QUESTION}],
@@ -236,7 +237,7 @@ def test_idle_server_restarts_on_the_next_call_and_sigterm_stops_it(trained) -> 
         assert {c.model for c in chunks} == {job.fine_tuned_model}
 
         assert gateway.stop(signal.SIGTERM) == 0  # the gateway stops every server it started
-        assert runs.group_members(pid) == [] and store.servers() == []
+        assert group_members(pid) == [] and store.servers() == []
         assert _no_process_mentions(str(gateway.home / "ft" / "serve"))
     finally:
         store.close()
@@ -260,7 +261,7 @@ def test_restart_mid_queue_then_cancel(
         supervisor = runs.read_meta(runs.run_path(first.id)).pid
 
         gateway.stop(signal.SIGKILL)  # the gateway dies; its training runs on (its own session)
-        assert supervisor and runs.group_members(supervisor)
+        assert supervisor and group_members(supervisor)
         gateway.start()
         client = gateway.client()
         assert [f.id for f in client.files.list()] == [train.id]
@@ -279,7 +280,7 @@ def test_restart_mid_queue_then_cancel(
         pgid = runs.read_meta(runs.run_path(first.id)).pgid
         cancelled = gateway.jobs_cli("cancel", first.id)
         assert cancelled.returncode == 0 and f"Job {first.id} is cancelled." in cancelled.stdout
-        assert pgid and runs.group_members(pgid) == [] and _no_process_mentions(str(runs.run_path(first.id)))
+        assert pgid and group_members(pgid) == [] and _no_process_mentions(str(runs.run_path(first.id)))
         _wait(
             lambda: client.fine_tuning.jobs.retrieve(second.id).status == "running", "the queue to go on", 60
         )

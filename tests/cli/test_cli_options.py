@@ -92,6 +92,7 @@ def test_serve_chat_template_reaches_the_infer_config_under_both_spellings(
     assert "--template and --chat-template are the same option; give --chat-template only." in both.stderr
 
 
+@pytest.mark.rag  # the route names a retrieval index: its message comes from the rag extra
 @pytest.mark.parametrize("spelling", ["--model-name", "--model"])
 def test_gateway_route_name_under_both_spellings(lfwrap, spelling: str) -> None:
     args = ("--upstream", "http://127.0.0.1:9", spelling, "conch", "--rag-index", "nope", "--open")

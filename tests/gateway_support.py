@@ -109,3 +109,12 @@ def wait_until(condition: Any, timeout: float = 10.0) -> bool:
             return bool(condition())
         time.sleep(0.01)
     return True
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MiB (Linux /proc), for the memory-bound tests."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

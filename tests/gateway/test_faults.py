@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_standin import REPLY, StandIn
-from gateway_support import free_port, make_gateway, make_settings, new_key, serving
+from gateway_support import free_port, make_gateway, make_settings, new_key, rss_mb, serving
 
 from wrapper.gateway import accesslog
 
@@ -89,14 +89,6 @@ def test_slow_trickle_stream_arrives_whole(tmp_path):
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == REPLY
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_memory_stays_flat_over_1000_faults(gw):
     client, gateway, _ = gw
     quick = ["error_500", "garbage", "truncated_json", "fail_mid_stream", "no_done", "detail_400"]
@@ -108,9 +100,9 @@ def test_memory_stays_flat_over_1000_faults(gw):
             assert client.post("/v1/chat/completions", json=body).status_code == FAULTS[mode][1]
 
     burst(200)  # warm-up: pools, caches, allocator arenas
-    before = _rss_mb()
+    before = rss_mb()
     burst(1000)
-    grown = _rss_mb() - before
+    grown = rss_mb() - before
     assert grown < 15, f"{grown:.1f} MB more after 1,000 faults"
     assert sum(gateway.metrics.upstream_errors.values()) >= 1000
 

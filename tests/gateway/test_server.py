@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from gateway_standin import REPLY, StandIn
-from gateway_support import make_gateway, make_settings, serving, wait_until
+from gateway_support import make_gateway, make_settings, rss_mb, serving, wait_until
 
 from wrapper.gateway.app import Gateway
 from wrapper.gateway.server import GatewayServer, serve_in_thread
@@ -266,21 +266,13 @@ def test_stalled_body_on_another_path_does_not_hold_the_connection(tmp_path):
         assert closed_or_refused(sock, 10) == b""
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_pipelining_flood_keeps_memory_bounded(tmp_path):
     """20,000 pipelined 4 KB requests, answers never read: either the server stops reading once its
     answers back up, or it reads and answers without holding the requests; memory stays flat."""
     with gateway_on(StandIn(), tmp_path) as (server, _), connect(server) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         request = b"GET /healthz HTTP/1.1\r\nhost: t\r\nx-pad: " + b"a" * 4000 + b"\r\n\r\n"
-        before = _rss_mb()
+        before = rss_mb()
         sock.setblocking(False)
         sent = 0
         deadline = time.monotonic() + 8
@@ -290,7 +282,7 @@ def test_pipelining_flood_keeps_memory_bounded(tmp_path):
             except BlockingIOError:
                 time.sleep(0.01)
         time.sleep(0.5)
-        grown = _rss_mb() - before
+        grown = rss_mb() - before
         assert grown < 40, f"{grown:.0f} MB more after {sent / 1e6:.0f} MB of pipelined requests"
 
 
